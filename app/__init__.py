@@ -1,0 +1,1 @@
+"""The Streamlit explorer of memloc: `streamlit run app/main.py`."""

@@ -1,0 +1,468 @@
+"""Data sets, label noise and augmentation for memloc.
+
+Everything a training run needs about its data lives here:
+
+- `load` returns a `Dataset`: the training and test images of one data set as tensors,
+  (N, C, H, W) float32 normalized per channel with mean 0.5 and std 0.5 (PAPER.md, "Training
+  setting"), and their true labels (int64).
+- `apply_label_noise` picks the *noisy* examples and gives them a wrong label exactly as
+  PAPER.md ("Label noise") says; all other training examples are *clean*.
+- `subsample`, `fingerprint`, `augment` and `data_root` are the small helpers around them.
+
+Data sets and where they come from (DESIGN.md, "Data"):
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits; always available, no network.
+- ``fashion-mnist``, ``mnist``: gzipped or plain IDX files in torchvision's layout under the
+  data root; Fashion-MNIST is also found in Debian's ``dataset-fashion-mnist`` package.
+- ``cifar10``, ``svhn``: torchvision's data set classes on the data root.
+
+Only with ``download=True`` does torchvision fetch anything. A data set that cannot be found
+raises `DataError`, whose message says how to get it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
+
+# Image shape (C, H, W) of each data set, known without loading it (config validation uses it).
+INPUT_SHAPES = {
+    "digits": (1, 8, 8),
+    "fashion-mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
+
+# Where Debian's `dataset-fashion-mnist` package installs the four gzipped IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# `digits` has no test split of its own: a fixed stratified split, the same on every machine.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+# The IDX files of MNIST and Fashion-MNIST, by split, each possibly gzipped (".gz").
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+class DataError(Exception):
+    """A data set cannot be loaded or a request about data cannot be met; the message says why
+    and how to fix it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """The training and test split of one data set, ready for training.
+
+    Images are (N, C, H, W) float32, channel-first (C = 1 for grayscale), normalized per
+    channel with mean 0.5 and std 0.5, so pixel values lie in [-1, 1]. Labels are the true
+    labels, int64 in 0..K-1; label noise is applied separately (`apply_label_noise`). The
+    position of a training example in `train_x` is its example id.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
+            if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+                raise ValueError(
+                    f"{self.name}: images must be (N, C, H, W) and labels (N,), "
+                    f"got {tuple(x.shape)} and {tuple(y.shape)}"
+                )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.train_x.shape[1:]
+        return c, h, w
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        return len(self.classes)
+
+    @property
+    def num_train(self) -> int:
+        """N, the number of training examples."""
+        return len(self.train_x)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data set with all four tensors on `device`."""
+        return replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: `root` if given, else ``$MEMLOC_DATA`` if set, else ``./data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(os.environ.get("MEMLOC_DATA") or "data").expanduser()
+
+
+def load(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    """Load data set `name` (one of `DATASETS`) from the data root (see `data_root`).
+
+    With ``download=True`` torchvision may fetch a missing data set into the data root (needs
+    internet). A data set that is missing, corrupted or cannot be downloaded raises `DataError`.
+    """
+    if name not in DATASETS:
+        raise DataError(f"Unknown data set {name!r}. memloc knows these: {', '.join(DATASETS)}.")
+    return _LOADERS[name](data_root(root), download)
+
+
+def subsample(ds: Dataset, train_size: int | None, test_size: int | None, seed: int) -> Dataset:
+    """A uniform random subset of each split, drawn without replacement from `seed`.
+
+    `None` keeps the whole split. The chosen examples keep their original order, and the
+    example ids of the result are their positions in the subset.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_idx = _subset_indices(ds.name, "training", ds.num_train, train_size, generator)
+    test_idx = _subset_indices(ds.name, "test", len(ds.test_x), test_size, generator)
+    return replace(
+        ds,
+        train_x=ds.train_x[train_idx.to(ds.train_x.device)],
+        train_y=ds.train_y[train_idx.to(ds.train_y.device)],
+        test_x=ds.test_x[test_idx.to(ds.test_x.device)],
+        test_y=ds.test_y[test_idx.to(ds.test_y.device)],
+    )
+
+
+def fingerprint(ds: Dataset) -> str:
+    """SHA-256 (hex) of the data set's name and the dtype, shape and bytes of its four tensors.
+
+    The same data gives the same fingerprint in every run; any change to the images, the labels
+    or the subset gives a different one.
+    """
+    digest = hashlib.sha256(ds.name.encode() + b"\0")
+    for tensor in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def apply_label_noise(
+    labels: torch.Tensor, num_classes: int, frac: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip the labels of a fraction of the training examples, as in PAPER.md ("Label noise").
+
+    Exactly ``n = floor(frac * N)`` examples, chosen uniformly without replacement, become
+    *noisy*: each gets the label ``(y + r) mod K`` with ``r`` uniform in ``1..K-1``, so the new
+    label is always wrong and every wrong class can be drawn. ``frac * N`` is computed from the
+    decimal value of `frac` (0.29 of 100 examples is 29, not 28 by float rounding).
+
+    The draw uses its own `torch.Generator` seeded with `seed`, never the global random state,
+    so the noise does not depend on the model's seed.
+
+    Returns ``(training_labels, is_noisy)``: the labels to train on and a bool mask of the
+    noisy examples, both on the device of `labels`.
+    """
+    if not 0 <= frac < 1:
+        raise ValueError(f"label noise fraction must be in [0, 1), got {frac}")
+    if num_classes < 2:
+        raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
+    if labels.dim() != 1 or labels.dtype != torch.int64:
+        raise ValueError(
+            f"labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}"
+        )
+    true_labels = labels.cpu()
+    if len(true_labels) and not 0 <= true_labels.min() <= true_labels.max() < num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+
+    n = math.floor(Fraction(str(frac)) * len(true_labels))
+    generator = torch.Generator().manual_seed(seed)
+    noisy = torch.randperm(len(true_labels), generator=generator)[:n]
+    shift = torch.randint(1, num_classes, (n,), generator=generator)
+
+    training_labels = true_labels.clone()
+    training_labels[noisy] = (true_labels[noisy] + shift) % num_classes
+    is_noisy = torch.zeros(len(true_labels), dtype=torch.bool)
+    is_noisy[noisy] = True
+    return training_labels.to(labels.device), is_noisy.to(labels.device)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Training augmentation of a batch (N, C, H, W), drawn from `generator`.
+
+    Each image is padded by ``p = max(1, min(H, W) // 8)`` pixels (reflect padding; 4 for 32x32,
+    3 for 28x28, 1 for 8x8) and cropped back to H x W at a random offset; with ``flip=True`` it is
+    also mirrored left-right with probability 1/2 (right for CIFAR-10-like photos, wrong for
+    digits). The whole batch is one indexing operation, on the device of `x`. Off by default,
+    as in the paper.
+    """
+    n, c, h, w = x.shape
+    pad = max(1, min(h, w) // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+    def draw(high: int) -> torch.Tensor:
+        drawn = torch.randint(0, high, (n,), generator=generator, device=generator.device)
+        return drawn.to(x.device)
+
+    top, left = draw(2 * pad + 1), draw(2 * pad + 1)
+    rows = top[:, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if flip:
+        cols = torch.where(draw(2).bool()[:, None], cols.flip(1), cols)
+    cols = left[:, None] + cols
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders, one per data set: (data root, download allowed) -> Dataset.
+
+
+def _load_digits(root: Path, download: bool) -> Dataset:
+    """scikit-learn's 8x8 digits (values 0..16), split 80/20, stratified by class, seed 0.
+
+    They ship with scikit-learn, so the data root and `download` play no part.
+    """
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).to(torch.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
+    return Dataset(
+        name="digits",
+        train_x=_normalize(images[train_idx], 16),
+        train_y=labels[train_idx],
+        test_x=_normalize(images[test_idx], 16),
+        test_y=labels[test_idx],
+        classes=_DIGIT_CLASSES,
+    )
+
+
+def _load_mnist(root: Path, download: bool) -> Dataset:
+    return _load_idx("mnist", torchvision.datasets.MNIST, root, download, _DIGIT_CLASSES)
+
+
+def _load_fashion_mnist(root: Path, download: bool) -> Dataset:
+    classes = tuple(torchvision.datasets.FashionMNIST.classes)
+    return _load_idx("fashion-mnist", torchvision.datasets.FashionMNIST, root, download, classes)
+
+
+def _load_idx(
+    name: str, torchvision_class: type, root: Path, download: bool, classes: tuple[str, ...]
+) -> Dataset:
+    """MNIST-like data sets from IDX files.
+
+    Looks in torchvision's layout ``<root>/<torchvision class name>/raw/`` and, for
+    Fashion-MNIST, in Debian's directory; the files may be gzipped. memloc reads them itself
+    because torchvision's class needs them uncompressed and in its own layout; torchvision is
+    used to download them into that layout.
+    """
+    raw_dir = root / torchvision_class.__name__ / "raw"
+    candidates = [raw_dir, DEBIAN_FASHION_MNIST] if name == "fashion-mnist" else [raw_dir]
+    found = next((files for files in map(_idx_files, candidates) if files), None)
+    if found is None and download:
+        with _torchvision_errors(name, root, download):
+            torchvision_class(str(root), train=True, download=True)
+        found = _idx_files(raw_dir)
+    if found is None:
+        places = " or ".join(str(d) for d in candidates)
+        raise _missing(name, root, f"no complete set of its four IDX files is in {places}")
+
+    (train_images, train_labels), (test_images, test_labels) = found["train"], found["test"]
+    return Dataset(
+        name=name,
+        train_x=_normalize(torch.from_numpy(_read_idx(train_images)).unsqueeze(1), 255),
+        train_y=torch.from_numpy(_read_idx(train_labels)).to(torch.int64),
+        test_x=_normalize(torch.from_numpy(_read_idx(test_images)).unsqueeze(1), 255),
+        test_y=torch.from_numpy(_read_idx(test_labels)).to(torch.int64),
+        classes=classes,
+    )
+
+
+def _idx_files(directory: Path) -> dict[str, tuple[Path, Path]] | None:
+    """The four IDX files in `directory` by split (plain preferred over gzipped), or None
+    unless all four are there."""
+    found = {}
+    for split, stems in _IDX_FILES.items():
+        paths = []
+        for stem in stems:
+            plain, gzipped = directory / stem, directory / f"{stem}.gz"
+            path = plain if plain.is_file() else gzipped if gzipped.is_file() else None
+            if path is None:
+                return None
+            paths.append(path)
+        found[split] = tuple(paths)
+    return found
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX file (gzipped if its name ends in .gz) as a uint8 array.
+
+    Format: two zero bytes, the type code 0x08 (unsigned byte), the number of dimensions, one
+    big-endian uint32 per dimension, then the values.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = bytearray(f.read())
+    except (OSError, EOFError) as exc:
+        raise _corrupted(path, str(exc)) from exc
+    if len(raw) < 4 or raw[0:3] != b"\x00\x00\x08":
+        raise _corrupted(path, "it does not start with the magic number of unsigned-byte IDX")
+    header_size = 4 + 4 * raw[3]
+    if len(raw) < header_size:
+        raise _corrupted(path, "its header is cut short")
+    shape = struct.unpack(f">{raw[3]}I", raw[4:header_size])
+    if len(raw) - header_size != math.prod(shape):
+        raise _corrupted(path, f"its header promises shape {shape} but the values do not match")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _load_cifar10(root: Path, download: bool) -> Dataset:
+    """CIFAR-10 from torchvision's ``<root>/cifar-10-batches-py/`` (its images are HWC uint8)."""
+    with _torchvision_errors("cifar10", root, download):
+        train = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
+        test = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
+    return Dataset(
+        name="cifar10",
+        train_x=_normalize(torch.from_numpy(train.data).permute(0, 3, 1, 2), 255),
+        train_y=torch.as_tensor(train.targets, dtype=torch.int64),
+        test_x=_normalize(torch.from_numpy(test.data).permute(0, 3, 1, 2), 255),
+        test_y=torch.as_tensor(test.targets, dtype=torch.int64),
+        classes=tuple(train.classes),
+    )
+
+
+def _load_svhn(root: Path, download: bool) -> Dataset:
+    """SVHN's cropped digits, train and test split (not "extra"), from ``<root>/*_32x32.mat``.
+
+    torchvision already turns the images channel-first and the label 10 into the digit 0
+    (its labels of a one-image split are squeezed to a scalar, hence the reshape).
+    """
+    with _torchvision_errors("svhn", root, download):
+        train = torchvision.datasets.SVHN(str(root), split="train", download=download)
+        test = torchvision.datasets.SVHN(str(root), split="test", download=download)
+    return Dataset(
+        name="svhn",
+        train_x=_normalize(torch.from_numpy(train.data), 255),
+        train_y=torch.from_numpy(train.labels).reshape(-1),
+        test_x=_normalize(torch.from_numpy(test.data), 255),
+        test_y=torch.from_numpy(test.labels).reshape(-1),
+        classes=_DIGIT_CLASSES,
+    )
+
+
+@contextmanager
+def _torchvision_errors(name: str, root: Path, download: bool) -> Iterator[None]:
+    """Turn torchvision's errors (files missing, corrupted or not downloadable) into `DataError`."""
+    try:
+        yield
+    except (RuntimeError, OSError, ValueError) as exc:
+        if download:
+            reason = f"getting it into {root} failed ({exc})"
+        elif isinstance(exc, RuntimeError):  # torchvision's "Dataset not found or corrupted"
+            reason = f"no complete, intact copy of its files is in {root}"
+        else:
+            reason = f"its files in {root} cannot be read ({exc})"
+        raise _missing(name, root, reason) from exc
+
+
+_LOADERS: dict[str, Callable[[Path, bool], Dataset]] = {
+    "digits": _load_digits,
+    "fashion-mnist": _load_fashion_mnist,
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar10,
+    "svhn": _load_svhn,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def _normalize(images: torch.Tensor, max_value: int) -> torch.Tensor:
+    """Pixel values 0..max_value -> float32 in [0, 1] -> (x - 0.5) / 0.5, in [-1, 1]."""
+    return images.to(torch.float32).div_(max_value).sub_(0.5).div_(0.5).contiguous()
+
+
+def _subset_indices(
+    name: str, split: str, available: int, size: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """Sorted indices of `size` examples out of `available`, uniform without replacement."""
+    if size is None:
+        return torch.arange(available)
+    if not 1 <= size <= available:
+        raise DataError(
+            f"Cannot take {size} {split} examples from {name}: it has {available}. "
+            f"Ask for a {split} size between 1 and {available}, or none to use them all."
+        )
+    return torch.randperm(available, generator=generator)[:size].sort().values
+
+
+def _where_files_go(name: str, root: Path) -> str:
+    """Where the files of data set `name` belong under the data root (torchvision's layout)."""
+    if name == "cifar10":
+        return (
+            f"{root / 'cifar-10-batches-py'}/ (data_batch_1 to data_batch_5, test_batch and "
+            "batches.meta, as unpacked from cifar-10-python.tar.gz)"
+        )
+    if name == "svhn":
+        return f"{root / 'train_32x32.mat'} and {root / 'test_32x32.mat'}"
+    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+    files = ", ".join(stem for stems in _IDX_FILES.values() for stem in stems)
+    return f"{root / folder / 'raw'}/ as the four IDX files {files} (each may be gzipped, .gz)"
+
+
+def _missing(name: str, root: Path, reason: str) -> DataError:
+    """The error for a data set that cannot be had: what went wrong and every way to fix it."""
+    debian = (
+        f"; or run `apt-get install dataset-fashion-mnist` (Debian), whose files memloc finds in "
+        f"{DEBIAN_FASHION_MNIST} by itself"
+        if name == "fashion-mnist"
+        else ""
+    )
+    return DataError(
+        f"Cannot load the {name} data set: {reason}. Get it in one of these ways: put its files "
+        f"under the data root, at {_where_files_go(name, root)}; pass --download (download=True "
+        f"in Python) to let torchvision fetch it into {root} (needs internet); or point "
+        f"--data-root or $MEMLOC_DATA at a directory that already holds it{debian}."
+    )
+
+
+def _corrupted(path: Path, reason: str) -> DataError:
+    return DataError(
+        f"Cannot read {path}: {reason}. The file is damaged or not what its name says; delete it "
+        "and get the data set again (copy the files anew, or pass --download)."
+    )

@@ -1,0 +1,57 @@
+"""MLP: the natural small case of the paper's question.
+
+The image is flattened and passed through hidden fully connected layers with ReLU, then a
+linear classifier:
+
+    x (B, C, H, W) -> flatten (B, C*H*W) -> fc1 -> ReLU -> ... -> fcN -> ReLU -> out (B, K)
+
+Each linear layer is its own layer group (`fc1`, ..., `fcN`, `out`); the units are the output
+neurons of the hidden layers `fc1` ... `fcN`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.base import check_input, options_of
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: tuple[int, ...] = (512, 512)  # neurons per hidden layer, input to output; () = linear
+
+    def __post_init__(self):
+        hidden = tuple(self.hidden)
+        if not all(isinstance(h, int) and h >= 1 for h in hidden):
+            raise ValueError(f"mlp: hidden must be positive ints, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", hidden)  # accept a list, e.g. from JSON
+
+
+class MLP(nn.Module):
+    arch = "mlp"
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
+                 config: MLPConfig = MLPConfig()):
+        super().__init__()
+        self.input_shape = check_input(input_shape, num_classes)
+        self.num_classes = num_classes
+        self.options = options_of(config)
+
+        c, h, w = self.input_shape
+        sizes = (c * h * w, *config.hidden)
+        self.hidden_names = tuple(f"fc{i}" for i in range(1, len(sizes)))
+        for name, fan_in, fan_out in zip(self.hidden_names, sizes, sizes[1:]):
+            self.add_module(name, nn.Linear(fan_in, fan_out))
+        self.out = nn.Linear(sizes[-1], num_classes)
+
+        self.layer_groups = {name: (name,) for name in (*self.hidden_names, "out")}
+        self.unit_layers = self.hidden_names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # (B, C*H*W)
+        for name in self.hidden_names:
+            x = torch.relu(getattr(self, name)(x))  # (B, hidden)
+        return self.out(x)  # (B, K)

@@ -1,0 +1,58 @@
+"""The explorer under Streamlit's AppTest: with a smoke run, with no runs, with a corrupt run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+
+
+def _app(monkeypatch, root: Path) -> AppTest:
+    monkeypatch.setenv("MEMLOC_RUNS", str(root))
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    return AppTest.from_file(MAIN, default_timeout=60)
+
+
+def test_no_runs_shows_the_command_that_creates_one(monkeypatch, tmp_path):
+    at = _app(monkeypatch, tmp_path / "missing").run()
+    assert not at.exception
+    assert "python -m precompute run --preset demo" in [c.value for c in at.code]
+
+
+def test_overview_of_a_smoke_run_shows_its_curves(monkeypatch, smoke_run):
+    at = _app(monkeypatch, smoke_run.path.parent).run()
+    assert not at.exception
+    assert at.title[0].value == "Overview: smoke"
+    assert len(at.get("vega_lite_chart")) == 1
+    assert [m.value for m in at.metric][:2] == ["digits", "mlp"]
+    assert at.query_params["run"] == "smoke"
+
+
+def test_corrupt_run_gets_an_error_card_and_other_runs_stay_usable(monkeypatch, smoke_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run.path, root / "a-broken")
+    shutil.copytree(smoke_run.path, root / "b-good")
+    (root / "a-broken" / "tables" / "training.parquet").write_bytes(b"not parquet")
+    at = _app(monkeypatch, root).run()
+    assert not at.exception
+    assert "does not match the checksum" in at.error[0].value
+    at.sidebar.selectbox[0].select("b-good").run()
+    assert at.title[0].value == "Overview: b-good"
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.get("vega_lite_chart")) == 1
+
+
+def test_run_name_from_the_url_cannot_leave_the_runs_root(monkeypatch, smoke_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run.path, root / "smoke")
+    shutil.copytree(smoke_run.path, tmp_path / "outside")
+    at = _app(monkeypatch, root)
+    at.query_params["run"] = "../outside"
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Overview: smoke"  # the unknown name falls back to a run in the root
