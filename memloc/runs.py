@@ -47,6 +47,16 @@ class OpenRun:
     labels: Labels
     device: torch.device
 
+    def __post_init__(self):
+        self._checkpoints: dict[int, dict[str, torch.Tensor]] = {}
+
+    def checkpoint(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The state dict of checkpoint `epoch` on the device, read once and then cached
+        (the loader that `memloc.interventions.intervene` takes for `Rewind`)."""
+        if epoch not in self._checkpoints:
+            self._checkpoints[epoch] = self.run.read_checkpoint(epoch, self.device)
+        return self._checkpoints[epoch]
+
     def model(self, epoch: int | None = None) -> nn.Module:
         """The model at checkpoint `epoch` (default: the last), in eval mode on the device."""
         epochs = self.run.checkpoint_epochs()
