@@ -3,34 +3,24 @@
 A stage is a function of a `StageContext`; it writes its tables through the run store and
 returns a few key numbers for the manifest. The runner marks a stage complete only after the
 function returned (so after its files are in place), skips stages already complete, and lets an
-interrupted stage resume from its own saved state. Later analyses add a function to `STAGES`
-(and their name to `memloc.config.STAGES`).
+interrupted stage resume from its own saved state. An analysis adds its stage function (in its
+own module, e.g. `precompute/rewind.py`) to `STAGES` here and its name to `memloc.config.STAGES`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from memloc import data as data_mod
 from memloc.config import RunConfig
-from memloc.evaluate import Labels
 from memloc.runs import build_model, load_data, make_labels
 from memloc.store import Run, RunError
 from memloc.train import STATE as TRAIN_STATE
 from memloc.train import train_run
-
-
-@dataclass
-class StageContext:
-    run: Run
-    config: RunConfig
-    data: data_mod.Dataset  # on `device`
-    labels: Labels  # on `device`
-    device: torch.device
+from precompute.context import StageContext
 
 
 def train_stage(ctx: StageContext) -> dict[str, Any]:
