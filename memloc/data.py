@@ -37,8 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
 
@@ -250,6 +248,9 @@ def _load_digits(root: Path, download: bool) -> Dataset:
 
     They ship with scikit-learn, so the data root and `download` play no part.
     """
+    from sklearn.datasets import load_digits  # imported here: scikit-learn adds a second to every start
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = torch.from_numpy(digits.images).unsqueeze(1)
     labels = torch.from_numpy(digits.target).to(torch.int64)
