@@ -3,7 +3,12 @@
     streamlit run app/main.py [-- --runs DIR]
 
 The sidebar lists the runs under the runs root (`--runs`, $MEMLOC_RUNS or ./runs); the chosen
-run is kept in the session and in the URL (`?run=NAME`), so a link reopens the same view.
+run is kept in the session and in the URL (`?run=NAME`), and so is the page (`&page=rewinding`);
+pages add their own state (`&example=17`, `&intervention=zero:fc1[3]`), so a link reopens the same view.
+
+The pages live in app/views/, not app/pages/: Streamlit treats a `pages/` folder next to the main
+script as an old-style multipage app and, for a URL like /neurons, runs that page file without
+this router (no run picker, no navigation titles) until the router has run once in the process.
 """
 
 import sys
@@ -34,5 +39,22 @@ if st.session_state.get("run_name") not in names:  # first visit: take the run f
 name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}")
 st.query_params["run"] = name
 
-pages = [st.Page("pages/overview.py", title="Overview", default=True)]
-st.navigation(pages).run()
+pages = [
+    st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("views/gradients.py", title="Gradient accounting", url_path="gradients"),
+    st.Page("views/rewinding.py", title="Layer rewinding", url_path="rewinding"),
+    st.Page("views/retraining.py", title="Retraining", url_path="retraining"),
+    st.Page("views/neurons.py", title="Neurons", url_path="neurons"),
+    st.Page("views/examples.py", title="Examples", url_path="examples"),
+    st.Page("views/example.py", title="One example", url_path="example"),
+    st.Page("views/dropout.py", title="Example-tied dropout", url_path="dropout"),
+]
+page = st.navigation(pages)
+# `?page=NAME` reopens a page from a shared link (once per session; later the navigation rules).
+if not st.session_state.get("page_from_url"):
+    st.session_state["page_from_url"] = True
+    linked = next((p for p in pages if p.url_path == st.query_params.get("page")), None)
+    if linked is not None and linked.url_path != page.url_path:
+        st.switch_page(linked, query_params={k: v for k, v in st.query_params.items() if k != "page"})
+st.query_params["page"] = page.url_path or "overview"
+page.run()

@@ -91,8 +91,151 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
 
 
+@dataclass(frozen=True)
+class GradientsConfig:
+    accounting: bool = opt(True, "during training, per epoch and layer group: clean, noisy and total gradient norms (tables gradients, gradient_tensors)")
+    example_epochs: tuple = opt((), "checkpoints at which stage example_gradients computes every example's gradient norm per group; "
+                                "empty = the epoch where the lr peaks, the middle and the last")
+    chunk_size: int = opt(256, "examples per batched pass of per-example gradient norms (bounds memory)")
+
+    def __post_init__(self):
+        # `--set gradients.example_epochs=10,30` arrives as strings; epochs are integers.
+        epochs = tuple(int(e) if isinstance(e, str) and e.isdigit() else e for e in self.example_epochs)
+        object.__setattr__(self, "example_epochs", epochs)
+
+    def validate(self) -> None:
+        ok = all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.example_epochs)
+        _check(ok, "gradients.example_epochs", "a list of epochs (integers >= 0), e.g. [10, 25, 50]", list(self.example_epochs))
+        _check(self.chunk_size >= 1, "gradients.chunk_size", "an integer >= 1", self.chunk_size)
+
+    def epochs_for(self, train: TrainConfig) -> list[int]:
+        """The checkpoints of the per-example gradient norms, sorted, each once."""
+        auto = (round(train.peak_epoch), (train.epochs + 1) // 2, train.epochs)
+        return sorted(set(self.example_epochs or auto))
+
+
+@dataclass(frozen=True)
+class FlipConfig:
+    n_noisy: int = opt(100, "memorized noisy examples to flip (seeded choice); -1 = all, 0 = none")
+    n_clean: int = opt(100, "correctly predicted clean examples to flip (seeded choice); -1 = all, 0 = none")
+    example_ids: tuple = opt((), "flip exactly these training example ids instead of n_noisy / n_clean")
+    batch_size: int = opt(512, "reference batch size |B| of the objective J, target included (paper: 512)")
+    cap: int = opt(200, "most units zeroed per example; not flipped by then = recorded as not flipped")
+    robust: bool = opt(False, "average logits over noisy input copies for J and the flip test")
+    noise_draws: int = opt(5, "noisy copies per input in the robust variant")
+    noise_rel: float = opt(0.01, "L2 norm of the robust variant's noise relative to the input's")
+    eval_train: int = opt(2000, "training examples of the collateral-accuracy subset (seeded); 0 = all")
+    eval_test: int = opt(2000, "test examples of the collateral-accuracy subset (seeded); 0 = all")
+    seed: int = opt(0, "seed of target choice, reference batches, noise, evaluation subset, random controls")
+    targets_per_step: int = opt(32, "targets flipped at once, each with its own unit masks (more fills a GPU)")
+    chunk_rows: int = opt(4096, "most forward rows (targets x batch items) per pass; bounds memory")
+    save_every: int = opt(200, "targets between saved progress of the flip stage (resume point)")
+
+    def validate(self) -> None:
+        _check(self.n_noisy >= -1, "flip.n_noisy", "-1 (all) or a count >= 0", self.n_noisy)
+        _check(self.n_clean >= -1, "flip.n_clean", "-1 (all) or a count >= 0", self.n_clean)
+        ok = all((isinstance(i, int) and not isinstance(i, bool) and i >= 0) or (isinstance(i, str) and i.isdigit())
+                 for i in self.example_ids)
+        _check(ok, "flip.example_ids", "a list of training example ids (integers >= 0)", list(self.example_ids))
+        _check(self.batch_size >= 2, "flip.batch_size", "an integer >= 2 (the target and at least one other)", self.batch_size)
+        _check(self.cap >= 1, "flip.cap", "an integer >= 1", self.cap)
+        _check(self.noise_draws >= 1, "flip.noise_draws", "an integer >= 1", self.noise_draws)
+        _check(self.noise_rel >= 0 and math.isfinite(self.noise_rel), "flip.noise_rel", "a number >= 0", self.noise_rel)
+        _check(self.eval_train >= 0, "flip.eval_train", "0 (all) or a positive count", self.eval_train)
+        _check(self.eval_test >= 0, "flip.eval_test", "0 (all) or a positive count", self.eval_test)
+        _check(self.targets_per_step >= 1, "flip.targets_per_step", "an integer >= 1", self.targets_per_step)
+        _check(self.chunk_rows >= 1, "flip.chunk_rows", "an integer >= 1", self.chunk_rows)
+        _check(self.save_every >= 1, "flip.save_every", "an integer >= 1", self.save_every)
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    p_gen: float = opt(0.2, "share of each dropout layer's units that are generalization units (always on), in (0, 1)")
+    p_mem: float = opt(0.1, "probability that an example keeps a given memorization unit, in (0, 1)")
+    seed: int = opt(0, "seed of the example-tied masks (a mask is a function of example id, layer, seed)")
+    after: tuple = opt((), "blocks / hidden layers followed by example-tied dropout; empty = all the model offers")
+    epochs: int = opt(0, "training epochs of the dropout model; 0 = train.epochs (the same schedule)")
+
+    def validate(self) -> None:
+        _check(0 < self.p_gen < 1, "dropout.p_gen", "a fraction in (0, 1)", self.p_gen)
+        _check(0 < self.p_mem < 1, "dropout.p_mem", "a fraction in (0, 1)", self.p_mem)
+        _check(self.epochs >= 0, "dropout.epochs", "0 (= train.epochs) or an integer >= 1", self.epochs)
+
+    def model_option(self) -> dict[str, Any]:
+        """The zoo's `example_tied_dropout` model option for these settings."""
+        option = {"p_gen": self.p_gen, "p_mem": self.p_mem, "seed": self.seed}
+        return {**option, "after": list(self.after)} if self.after else option
+
+
+def _check_dropout(cfg: "RunConfig") -> None:
+    """The dropout model must be buildable, and the main model must not carry the dropout itself."""
+    import models
+
+    from memloc.data import INPUT_SHAPES
+
+    own = dict(cfg.model.options).get("example_tied_dropout")
+    _check(own is None, "model.options.example_tied_dropout",
+           "unset (the `dropout` stage trains its own model; configure it with dropout.*)", own)
+    if "dropout" not in cfg.stages:
+        return
+    epochs = cfg.dropout.epochs or cfg.train.epochs
+    _check(cfg.train.peak_epoch <= epochs, "dropout.epochs", f"at least train.peak_epoch={cfg.train.peak_epoch}", epochs)
+    options = {**dict(cfg.model.options), "example_tied_dropout": cfg.dropout.model_option()}
+    try:
+        models.build(cfg.model.name, INPUT_SHAPES[cfg.data.name], 10, **options)
+    except TypeError:
+        raise ConfigError(f"dropout: model {cfg.model.name!r} has no example-tied dropout (mlp, cnn and resnet9 do); "
+                          "leave `dropout` out of stages") from None
+    except ValueError as e:
+        raise ConfigError(f"dropout: {e}") from None
+
+
+@dataclass(frozen=True)
+class RewindConfig:
+    epochs: tuple = opt((), "checkpoints each layer group is rewound to; empty = 0, 1, 2, 4, 6, ... and the last epoch")
+    include_buffers: bool = opt(True, "rewind BatchNorm running statistics with the parameters (false: parameters only, the authors' variant)")
+    cache_mb: int = opt(1024, "memory (MiB) for the activations in front of the rewound group, computed once per group; more data runs in chunks")
+
+    def __post_init__(self):
+        # `--set rewind.epochs=0,5` arrives as strings; epochs are integers.
+        epochs = tuple(int(e) if isinstance(e, str) and e.isdigit() else e for e in self.epochs)
+        object.__setattr__(self, "epochs", epochs)
+
+    def validate(self) -> None:
+        ok = all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.epochs)
+        _check(ok, "rewind.epochs", "a list of epochs (integers >= 0), e.g. [0, 5, 10]", list(self.epochs))
+        _check(self.cache_mb >= 0, "rewind.cache_mb", "an integer >= 0", self.cache_mb)
+
+    def epochs_for(self, train: TrainConfig) -> list[int]:
+        """The rewind epochs, sorted, each once (auto: 0, 1, 2, 4, 6, ... and the last)."""
+        auto = {0, 1, *range(2, train.epochs, 2), train.epochs}
+        return sorted(set(self.epochs) if self.epochs else auto)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    lr: float = opt(0.01, "peak learning rate of the triangle schedule")
+    peak_epoch: float = opt(10.0, "epoch at which the learning rate peaks (rises linearly from 0, falls to 0 at max_epochs)")
+    max_epochs: int = opt(20, "most retraining epochs per layer group")
+    patience: int = opt(3, "stop after this many epochs ended at 100% clean accuracy")
+    batch_size: int = opt(0, "batch size of retraining; 0 = train.batch_size")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(5e-4, "SGD weight decay")
+    cache_mb: int = opt(1024, "memory (MiB) for the frozen activations in front of the group, computed once; larger runs the whole model per batch")
+
+    def validate(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "retrain.lr", "a positive number", self.lr)
+        _check(self.max_epochs >= 1, "retrain.max_epochs", "an integer >= 1", self.max_epochs)
+        _check(0 < self.peak_epoch <= self.max_epochs, "retrain.peak_epoch", f"in (0, retrain.max_epochs={self.max_epochs}]", self.peak_epoch)
+        _check(self.patience >= 1, "retrain.patience", "an integer >= 1", self.patience)
+        _check(self.batch_size >= 0, "retrain.batch_size", "0 (= train.batch_size) or an integer >= 1", self.batch_size)
+        _check(0 <= self.momentum < 1, "retrain.momentum", "in [0, 1)", self.momentum)
+        _check(self.weight_decay >= 0, "retrain.weight_decay", "a number >= 0", self.weight_decay)
+        _check(self.cache_mb >= 0, "retrain.cache_mb", "an integer >= 0", self.cache_mb)
+
+
 #: Stages of `precompute run`, in the order they run. Later stages read what earlier ones wrote.
-STAGES: tuple[str, ...] = ("train",)
+STAGES: tuple[str, ...] = ("train", "example_gradients", "rewind", "retrain", "flip", "dropout")
 
 
 @dataclass(frozen=True)
@@ -101,6 +244,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gradients: GradientsConfig = field(default_factory=GradientsConfig)
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    rewind: RewindConfig = field(default_factory=RewindConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def validate(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -108,6 +256,11 @@ class RunConfig:
         for section in SECTIONS:
             getattr(self, section).validate()
         _check_model_options(self)
+        late = [e for e in self.gradients.example_epochs if e > self.train.epochs]
+        _check(not late, "gradients.example_epochs", f"epochs in 0..train.epochs={self.train.epochs}", list(self.gradients.example_epochs))
+        _check_dropout(self)
+        late = [e for e in self.rewind.epochs if e > self.train.epochs]
+        _check(not late, "rewind.epochs", f"epochs in 0..train.epochs={self.train.epochs}", list(self.rewind.epochs))
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -137,7 +290,8 @@ def _plain(value: Any) -> Any:
 
 
 #: The sections of a run config; a stage with settings adds its dataclass here and to RunConfig.
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "gradients": GradientsConfig, "flip": FlipConfig, "dropout": DropoutConfig,
+                             "rewind": RewindConfig, "retrain": RetrainConfig}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -145,6 +299,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"name": "digits", "train_size": 400, "test_size": 200},
         "model": {"name": "mlp", "options": {"hidden": [64, 64]}},
         "train": {"epochs": 3, "batch_size": 128, "peak_epoch": 1.0},
+        "flip": {"n_noisy": 4, "n_clean": 4, "batch_size": 32, "cap": 20, "eval_train": 100, "eval_test": 100, "save_every": 4},
+        "retrain": {"max_epochs": 3, "peak_epoch": 1.0},
     },
     "demo": {
         "data": {"name": "digits"},
@@ -152,11 +308,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The paper's optimizer on a small MLP; batch 64 so 1,437 images give enough steps to
         # memorize every noisy label (about epoch 37) within 60 epochs (peak at 20%, as 10/50).
         "train": {"epochs": 60, "batch_size": 64, "peak_epoch": 12.0},
+        # 100 noisy + 100 clean examples with the paper's batch of 512 and cap of 200; the
+        # evaluation subset is the whole of digits (fewer than 2,000 examples per split).
+        "flip": {"n_noisy": 100, "n_clean": 100},
     },
     "fashion-mnist": {
         "data": {"name": "fashion-mnist", "train_size": 5000, "test_size": 2000},
         "model": {"name": "resnet9", "options": {"width": 0.25}},
         "train": {"epochs": 30, "batch_size": 512, "peak_epoch": 6.0},
+        # Greedy flipping of a ResNet-9 costs a forward and backward pass of |B| images per unit
+        # zeroed: on a CPU 50 + 50 examples with |B| = 256 and a 1,000 + 1,000 evaluation subset
+        # keep the stage to minutes; chunks of 1,024 rows keep its memory near 1 GB.
+        "flip": {"n_noisy": 50, "n_clean": 50, "batch_size": 256, "eval_train": 1000, "eval_test": 1000, "chunk_rows": 1024},
     },
     "paper-cifar10-resnet9": {
         "data": {"name": "cifar10"},
@@ -310,7 +473,7 @@ def describe_keys() -> str:
 
 
 __all__ = [
-    "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "STAGES", "PRESETS",
+    "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "GradientsConfig", "FlipConfig", "DropoutConfig", "RewindConfig", "RetrainConfig", "RunConfig", "STAGES", "PRESETS",
     "DEFAULT_PRESET", "resolve", "from_dict", "load_toml", "parse_override", "known_keys",
     "describe_keys",
 ]

@@ -31,10 +31,25 @@ def make_labels(cfg: RunConfig, ds: data_mod.Dataset) -> Labels:
     return Labels(ds.train_y, train, is_noisy)
 
 
-def build_model(cfg: RunConfig, ds: data_mod.Dataset) -> nn.Module:
-    """A freshly initialized model of the run's architecture, seeded by `train.seed`."""
+#: The models a run trains: `main` (stage train) and `dropout` (stage dropout: the same
+#: architecture with example-tied dropout, PAPER.md section 5), and their checkpoint folders.
+VARIANTS = {"main": None, "dropout": "dropout"}
+
+
+def _model_options(cfg: RunConfig, variant: str) -> dict:
+    if variant not in VARIANTS:
+        raise RunError(f"model variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    options = dict(cfg.model.options)
+    if variant == "dropout":
+        options["example_tied_dropout"] = cfg.dropout.model_option()
+    return options
+
+
+def build_model(cfg: RunConfig, ds: data_mod.Dataset, variant: str = "main") -> nn.Module:
+    """A freshly initialized model of the run's architecture, seeded by `train.seed` (the
+    dropout variant adds no parameters, so it starts from the same weights as the main model)."""
     torch.manual_seed(cfg.train.seed)
-    return models.build(cfg.model.name, ds.input_shape, ds.num_classes, **dict(cfg.model.options))
+    return models.build(cfg.model.name, ds.input_shape, ds.num_classes, **_model_options(cfg, variant))
 
 
 @dataclass
@@ -57,16 +72,21 @@ class OpenRun:
             self._checkpoints[epoch] = self.run.read_checkpoint(epoch, self.device)
         return self._checkpoints[epoch]
 
-    def model(self, epoch: int | None = None) -> nn.Module:
-        """The model at checkpoint `epoch` (default: the last), in eval mode on the device."""
-        epochs = self.run.checkpoint_epochs()
+    def model(self, epoch: int | None = None, variant: str = "main") -> nn.Module:
+        """The model at checkpoint `epoch` (default: the last), in eval mode on the device.
+
+        `variant="dropout"`: the example-tied dropout model of stage `dropout`; choose its mode
+        with `models.example_tied_dropout.set_mode(model, "test" | "drop" | "train")` before use.
+        """
+        options = _model_options(self.config, variant)
+        epochs = self.run.checkpoint_epochs(VARIANTS[variant])
         if not epochs:
             raise RunError(f"run {self.run.name} has no checkpoints yet; run `python -m precompute run --out {self.run.path}`")
         epoch = epochs[-1] if epoch is None else epoch
         if epoch not in epochs:
             raise RunError(f"run {self.run.name} has no checkpoint for epoch {epoch} (it has {epochs[0]}..{epochs[-1]})")
-        model = models.build(self.config.model.name, self.data.input_shape, self.data.num_classes, **dict(self.config.model.options))
-        model.load_state_dict(self.run.read_checkpoint(epoch, "cpu"))
+        model = models.build(self.config.model.name, self.data.input_shape, self.data.num_classes, **options)
+        model.load_state_dict(self.run.read_checkpoint(epoch, "cpu", VARIANTS[variant]))
         return model.to(self.device).eval()
 
 

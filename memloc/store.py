@@ -6,6 +6,7 @@ runs/<run>/
                        fingerprint, per-stage status and timings, sha256 of every artifact
   labels.npz           true label, training label, is_noisy per training example
   checkpoints/epoch_NNN.safetensors     model state after epoch NNN (000 = initialization)
+  checkpoints/<model>/epoch_NNN.safetensors   the same for a second model of the run (`dropout`)
   state/<name>.safetensors              resume state of an unfinished stage
   tables/<name>.parquet                 one table per analysis
 ```
@@ -227,18 +228,29 @@ class Run:
         return {k: v.to(device) for k, v in tensors.items()}
 
     @staticmethod
-    def _checkpoint_rel(epoch: int) -> str:
-        return f"checkpoints/epoch_{epoch:03d}.safetensors"
+    def _checkpoint_prefix(model: str | None) -> str:
+        """`checkpoints/epoch_` for the run's model; `checkpoints/<model>/epoch_` for a second
+        model trained in the same run (e.g. `dropout`, the example-tied dropout model)."""
+        if model is None:
+            return "checkpoints/epoch_"
+        if not model.isidentifier():
+            raise ValueError(f"checkpoint model name must be an identifier, got {model!r}")
+        return f"checkpoints/{model}/epoch_"
 
-    def write_checkpoint(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
-        self._put_tensors(self._checkpoint_rel(epoch), state, {"epoch": str(epoch)})
+    @classmethod
+    def _checkpoint_rel(cls, epoch: int, model: str | None = None) -> str:
+        return f"{cls._checkpoint_prefix(model)}{epoch:03d}.safetensors"
 
-    def read_checkpoint(self, epoch: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        return self._get_tensors(self._checkpoint_rel(epoch), device)
+    def write_checkpoint(self, epoch: int, state: dict[str, torch.Tensor], model: str | None = None) -> None:
+        self._put_tensors(self._checkpoint_rel(epoch, model), state, {"epoch": str(epoch)})
 
-    def checkpoint_epochs(self) -> list[int]:
+    def read_checkpoint(self, epoch: int, device: str | torch.device = "cpu", model: str | None = None) -> dict[str, torch.Tensor]:
+        return self._get_tensors(self._checkpoint_rel(epoch, model), device)
+
+    def checkpoint_epochs(self, model: str | None = None) -> list[int]:
+        prefix = self._checkpoint_prefix(model)
         files = self.manifest()["files"]
-        return sorted(int(r[len("checkpoints/epoch_") : -len(".safetensors")]) for r in files if r.startswith("checkpoints/"))
+        return sorted(int(r[len(prefix) : -len(".safetensors")]) for r in files if r.startswith(prefix))
 
     def write_state(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         self._put_tensors(f"state/{name}.safetensors", tensors, metadata)

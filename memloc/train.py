@@ -88,7 +88,8 @@ def train_epoch(
         if augment_batches:
             x = augment(x, gen)
         y = train_labels[ids]
-        logits = model(x)
+        # Models with example-tied dropout (PAPER.md section 5) mask by example id.
+        logits = model(x, example_ids=ids) if getattr(model, "takes_example_ids", False) else model(x)
         loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
         optimizer.zero_grad(set_to_none=True)
         backward(loss, ids)
@@ -137,8 +138,10 @@ def train_run(
     Epoch 0 is the initialization. After each epoch the checkpoint, then the resume state
     (momentum buffers, per-example statistics so far, metrics rows) are written atomically;
     an interrupted run continues from the last epoch whose resume state is in place.
-    `on_epoch(epoch)` runs after each epoch's state is saved (analyses that accumulate during
-    training save their own state there).
+    `on_epoch(epoch)` runs after each epoch's checkpoint and before its resume state is written:
+    an analysis that accumulates during training saves its own state there, which is then never
+    behind the training's (after an interruption between the two, training repeats `epoch` and
+    the analysis replaces what it saved for it).
     """
     device = data.train_x.device
     n, epochs = data.num_train, cfg.epochs
@@ -174,14 +177,14 @@ def train_run(
         rows.append({"epoch": epoch, "lr": last_lr, "train_loss": stats.loss.mean().item(),
                      "seconds": time.perf_counter() - t0, **metrics})
         run.write_checkpoint(epoch, model.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch)
         run.write_state(
             STATE,
             {**_momentum_state(model, optimizer), "ex_loss": ex_loss, "ex_correct": ex_correct.to(torch.uint8)},
             {"epoch": str(epoch), "rows": json.dumps(rows)},
         )
         run.update_stage("train", status="running", epochs_done=epoch)
-        if on_epoch is not None:
-            on_epoch(epoch)
         bar.set_postfix(memorized=f"{metrics['noisy_acc']:.3f}", clean=f"{metrics['clean_acc']:.3f}", test=f"{metrics['test_acc']:.3f}")
 
     return TrainingResult(pd.DataFrame(rows), _example_table(ex_loss, ex_correct))

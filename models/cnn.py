@@ -11,6 +11,10 @@
 skipped when it would shrink the map below 2x2, so even tiny inputs keep a spatial map (for
 8x8, 28x28 and 32x32 inputs both pools are kept). Layer groups: `conv1`, `conv2`, `fc1`, `out`;
 the units are the output channels of the convs and the output neurons of `fc1`.
+
+With the option `example_tied_dropout` (PAPER.md section 5; see `models.example_tied_dropout`)
+an example-tied dropout layer follows each chosen layer's ReLU (and pool): `conv1`, `conv2`,
+`fc1` (default: all); the forward pass takes the batch's example ids in train mode.
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import example_tied_dropout as etd
 from models.base import check_input, options_of, scaled
+
+#: Where example-tied dropout may follow a layer.
+DROPOUT_PLACES = ("conv1", "conv2", "fc1")
 
 
 @dataclass(frozen=True)
 class CNNConfig:
     width: float = 1.0  # multiplier of the hidden widths 32, 64, 128
+    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [conv1, ...]}; None = off
 
     def __post_init__(self):
         if not isinstance(self.width, (int, float)) or self.width <= 0:
@@ -58,12 +67,19 @@ class CNN(nn.Module):
         self.pool2, h, w = _pool_or_identity(h, w)
         self.fc1 = nn.Linear(c2 * h * w, hidden)
         self.out = nn.Linear(hidden, num_classes)
+        dropout = etd.parse_options(self.arch, config.example_tied_dropout, DROPOUT_PLACES)
+        self.dropout = etd.make_layers(dropout, DROPOUT_PLACES, dict(zip(DROPOUT_PLACES, (c1, c2, hidden))))
+        self.takes_example_ids = dropout is not None
+        self.options["example_tied_dropout"] = dropout and dropout.to_dict()
 
         self.layer_groups = {name: (name,) for name in ("conv1", "conv2", "fc1", "out")}
         self.unit_layers = ("conv1", "conv2", "fc1")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(torch.relu(self.conv1(x)))  # (B, c1, H/2, W/2)
-        x = self.pool2(torch.relu(self.conv2(x)))  # (B, c2, H/4, W/4)
-        x = torch.relu(self.fc1(x.flatten(1)))  # (B, hidden)
+    def _drop(self, place: str, x: torch.Tensor, example_ids: torch.Tensor | None) -> torch.Tensor:
+        return self.dropout[place](x, example_ids) if place in self.dropout else x
+
+    def forward(self, x: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._drop("conv1", self.pool1(torch.relu(self.conv1(x))), example_ids)  # (B, c1, H/2, W/2)
+        x = self._drop("conv2", self.pool2(torch.relu(self.conv2(x))), example_ids)  # (B, c2, H/4, W/4)
+        x = self._drop("fc1", torch.relu(self.fc1(x.flatten(1))), example_ids)  # (B, hidden)
         return self.out(x)  # (B, K)

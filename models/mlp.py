@@ -7,6 +7,10 @@ linear classifier:
 
 Each linear layer is its own layer group (`fc1`, ..., `fcN`, `out`); the units are the output
 neurons of the hidden layers `fc1` ... `fcN`.
+
+With the option `example_tied_dropout` (PAPER.md section 5; see `models.example_tied_dropout`)
+an example-tied dropout layer follows the ReLU of each chosen hidden layer (default: all), and
+the forward pass takes the batch's example ids in train mode.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import example_tied_dropout as etd
 from models.base import check_input, options_of
 
 
 @dataclass(frozen=True)
 class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)  # neurons per hidden layer, input to output; () = linear
+    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [fc1, ...]}; None = off
 
     def __post_init__(self):
         hidden = tuple(self.hidden)
@@ -46,12 +52,18 @@ class MLP(nn.Module):
         for name, fan_in, fan_out in zip(self.hidden_names, sizes, sizes[1:]):
             self.add_module(name, nn.Linear(fan_in, fan_out))
         self.out = nn.Linear(sizes[-1], num_classes)
+        dropout = etd.parse_options(self.arch, config.example_tied_dropout, self.hidden_names)
+        self.dropout = etd.make_layers(dropout, self.hidden_names, dict(zip(self.hidden_names, sizes[1:])))
+        self.takes_example_ids = dropout is not None
+        self.options["example_tied_dropout"] = dropout and dropout.to_dict()
 
         self.layer_groups = {name: (name,) for name in (*self.hidden_names, "out")}
         self.unit_layers = self.hidden_names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = x.flatten(1)  # (B, C*H*W)
         for name in self.hidden_names:
             x = torch.relu(getattr(self, name)(x))  # (B, hidden)
+            if name in self.dropout:
+                x = self.dropout[name](x, example_ids)  # (B, hidden)
         return self.out(x)  # (B, K)

@@ -18,6 +18,11 @@ numbering of the paper's per-layer plots; the units are the output channels of e
 adaptations apply only there: the max-pool is skipped when the map before it is smaller than
 2x2, and `layer3` uses pad 1 when the map before it is smaller than 3x3. For 8x8 inputs
 (`digits`) the map is 4x4 after layer1 and 2x2 after the max-pool, so `layer3` has pad 1.
+
+With the option `example_tied_dropout` (PAPER.md section 5; see `models.example_tied_dropout`)
+an example-tied dropout layer follows each chosen block, as the authors intended: `prep`,
+`layer1`, `res1` (after the residual sum), `layer2` (after the max-pool), `res2`, `layer3`
+(default: all six); the forward pass takes the batch's example ids in train mode.
 """
 
 from __future__ import annotations
@@ -27,12 +32,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import example_tied_dropout as etd
 from models.base import check_input, options_of, scaled
+
+#: Where example-tied dropout may follow a block (the residual stages count as one block each).
+DROPOUT_PLACES = ("prep", "layer1", "res1", "layer2", "res2", "layer3")
 
 
 @dataclass(frozen=True)
 class ResNet9Config:
     width: float = 1.0  # multiplier of every channel count (64, 128, 256)
+    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [prep, ...]}; None = off
 
     def __post_init__(self):
         if not isinstance(self.width, (int, float)) or self.width <= 0:
@@ -77,17 +87,25 @@ class ResNet9(nn.Module):
         self.layer3 = ConvBN(c256, c128, padding=0 if size >= 3 else 1)
         self.global_pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(c128, num_classes, bias=False)
+        dropout = etd.parse_options(self.arch, config.example_tied_dropout, DROPOUT_PLACES)
+        channels = dict(zip(DROPOUT_PLACES, (c64, c128, c128, c256, c256, c128)))
+        self.dropout = etd.make_layers(dropout, DROPOUT_PLACES, channels)
+        self.takes_example_ids = dropout is not None
+        self.options["example_tied_dropout"] = dropout and dropout.to_dict()
 
         blocks = ("prep", "layer1", "res1.0", "res1.1", "layer2", "res2.0", "res2.1", "layer3")
         self.layer_groups = {name: (name,) for name in (*blocks, "fc")}
         self.unit_layers = tuple(f"{name}.conv" for name in blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.prep(x)  # (B, 64, H, W)
-        x = self.layer1(x)  # (B, 128, H/2, W/2)
-        x = x + self.res1(x)
-        x = self.pool(self.layer2(x))  # (B, 256, H/4, W/4)
-        x = x + self.res2(x)
-        x = self.layer3(x)  # (B, 128, H/4 - 2, W/4 - 2)
+    def _drop(self, place: str, x: torch.Tensor, example_ids: torch.Tensor | None) -> torch.Tensor:
+        return self.dropout[place](x, example_ids) if place in self.dropout else x
+
+    def forward(self, x: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._drop("prep", self.prep(x), example_ids)  # (B, 64, H, W)
+        x = self._drop("layer1", self.layer1(x), example_ids)  # (B, 128, H/2, W/2)
+        x = self._drop("res1", x + self.res1(x), example_ids)
+        x = self._drop("layer2", self.pool(self.layer2(x)), example_ids)  # (B, 256, H/4, W/4)
+        x = self._drop("res2", x + self.res2(x), example_ids)
+        x = self._drop("layer3", self.layer3(x), example_ids)  # (B, 128, H/4 - 2, W/4 - 2)
         x = self.global_pool(x).flatten(1)  # (B, 128)
         return 0.2 * self.fc(x)  # (B, K)

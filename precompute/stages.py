@@ -21,20 +21,30 @@ from memloc.store import Run, RunError
 from memloc.train import STATE as TRAIN_STATE
 from memloc.train import train_run
 from precompute.context import StageContext
+from precompute.dropout import dropout_stage
+from precompute.example_gradients import example_gradients_stage
+from precompute.flip import flip_stage
+from precompute.gradients import TrainAccounting
+from precompute.retrain import retrain_stage
+from precompute.rewind import rewind_stage
 
 
 def train_stage(ctx: StageContext) -> dict[str, Any]:
-    """Train with label noise, keeping every epoch's checkpoint; tables `training`, `example_training`."""
+    """Train with label noise, keeping every epoch's checkpoint; tables `training`, `example_training`,
+    and with `gradients.accounting` `gradients`, `gradient_tensors` (precompute/gradients.py)."""
     model = build_model(ctx.config, ctx.data).to(ctx.device)
-    result = train_run(ctx.run, model, ctx.data, ctx.labels, ctx.config.train, ctx.config.data.augment)
+    with TrainAccounting(ctx, model) as accounting:
+        result = train_run(ctx.run, model, ctx.data, ctx.labels, ctx.config.train, ctx.config.data.augment, **accounting.hooks)
     ctx.run.write_table("training", result.epochs)
     ctx.run.write_table("example_training", result.examples)
+    accounting.write_tables()
     ctx.run.drop_state(TRAIN_STATE)
+    accounting.drop_state()  # after the training's state: the accounting's is never behind it
     last = result.epochs.iloc[-1]
     return {key: round(float(last[key]), 4) for key in ("clean_acc", "noisy_acc", "noisy_true_acc", "test_acc")}
 
 
-STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {"train": train_stage}
+STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {"train": train_stage, "example_gradients": example_gradients_stage, "rewind": rewind_stage, "retrain": retrain_stage, "flip": flip_stage, "dropout": dropout_stage}
 
 #: Config keys that say where things are, not what is computed; a run may resume with others.
 _LOCATION_KEYS = {("data", "root"), ("data", "download")}

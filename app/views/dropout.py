@@ -1,0 +1,97 @@
+"""Example-tied dropout: memorization put into chosen units, and switched off."""
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.explore import (VARIANTS, class_name, dropout_modes, image_of, legend_pick, opened, page_run, require_tables,
+                         run_labels, show_chart)
+
+PAGE_SIZE = 12
+
+run, info = page_run()
+st.title("Example-tied dropout")
+st.markdown(
+    "A second model is trained where, at chosen layers, most units are *memorization units*: each "
+    "training example may use only its own fixed random few of them; the other units (*generalization* "
+    "units) are shared by all. In *train* mode every example runs with its own units, as in training; "
+    "*drop* mode switches the memorization units off (*test* mode scales them to their average use). If "
+    "memorization went into them, the noisy examples are forgotten while clean and test accuracy stay."
+)
+
+tables = require_tables(run, info, "dropout", "dropout_examples")
+if tables is None:
+    st.stop()
+summary, per_example = tables["dropout"], tables["dropout_examples"]
+labels = run_labels(run)
+data = opened(run)
+classes = data.data.classes
+
+long = summary.melt(id_vars=["mode"], value_vars=["clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"],
+                    var_name="population", value_name="accuracy")
+long["population"] = long["population"].map({"clean_acc": "clean", "noisy_acc": "noisy (memorized)",
+                                             "noisy_true_acc": "noisy vs true label", "test_acc": "test"})
+MODES = {"plain": "plain model", "train": "dropout: train mode (own masks)", "test": "dropout: test mode",
+         "drop": "dropout: drop mode"}
+long["mode"] = long["mode"].map(MODES)
+pick = legend_pick("mode")
+chart = (
+    alt.Chart(long, title="Accuracy of the plain model and of the dropout model in each mode")
+    .mark_bar()
+    .encode(x=alt.X("population:N", title=None, sort=["clean", "noisy (memorized)", "noisy vs true label", "test"], axis=alt.Axis(labelAngle=0)),
+            xOffset=alt.XOffset("mode:N", sort=list(MODES.values())),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("mode:N", title=None, sort=list(MODES.values()),
+                            legend=alt.Legend(orient="bottom")),
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
+            tooltip=["mode:N", "population:N", alt.Tooltip("accuracy:Q", format=".3f")])
+    .add_params(pick)
+)
+show_chart(chart, summary, "dropout", run)
+
+st.subheader("Which memorized examples survive dropping?")
+wide = per_example.pivot(index="example_id", columns="mode", values="correct")
+noisy_ids = np.flatnonzero(labels["is_noisy"])
+wide = wide.reindex(noisy_ids)
+# Memorized: predicted with its noisy label by the dropout model as it was trained (each example
+# with its own memorization units, mode "train"); runs without that row fall back to test mode.
+fitted = "train" if "train" in wide.columns else "test"
+memorized = wide.index[wide[fitted].fillna(False).astype(bool)].to_numpy()
+survive = wide.index[wide[fitted].fillna(False).astype(bool) & wide["drop"].fillna(False).astype(bool)].to_numpy()
+st.markdown(
+    f"Of {len(noisy_ids):,} noisy examples, the dropout model memorizes **{len(memorized):,}** when each example "
+    f"uses its own memorization units ({fitted} mode); **{len(survive):,}** of them keep their noisy label in drop "
+    f"mode (they *survive*), the other **{len(memorized) - len(survive):,}** are forgotten."
+)
+
+
+@st.fragment
+def survivors_panel():
+    which = st.radio("Show", ["survive dropping", "forgotten in drop mode"], horizontal=True, key="do_which")
+    ids = survive if which == "survive dropping" else np.setdiff1d(memorized, survive)
+    pages = max(1, -(-len(ids) // PAGE_SIZE))
+    page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="do_page")
+    shown = ids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    modes = dropout_modes(run, info)
+    grid = st.columns(6)
+    for pos, i in enumerate(shown):
+        with grid[pos % 6]:
+            st.image(image_of(data.data.train_x[i]), width=96)
+            st.caption(f"#{i}: true {class_name(classes, labels['true_label'][i])}, "
+                       f"trained as {class_name(classes, labels['train_label'][i])}")
+            if "drop" in modes:
+                st.page_link("views/example.py", label="open (drop mode)",
+                             query_params={"example": str(int(i)), "model": "drop"})
+            else:
+                st.page_link("views/example.py", label="open", query_params={"example": str(int(i))})
+    if len(shown) == 0:
+        st.info("No such example.")
+    if "drop" not in modes:
+        st.caption(f"Example pages show the plain model: this memloc cannot load the dropout model ({VARIANTS['drop']}).")
+    table = pd.DataFrame({"example_id": ids, "true_label": labels["true_label"][ids], "train_label": labels["train_label"][ids]})
+    st.download_button("These examples (CSV)", table.to_csv(index=False), file_name=f"{run.name}_dropout_{which.split()[0]}.csv",
+                       mime="text/csv", on_click="ignore")
+
+
+survivors_panel()

@@ -1,0 +1,113 @@
+"""Gradient accounting: how much of each layer group's gradient comes from noisy examples."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app.explore import heatmap, legend_pick, page_run, require_tables, run_labels, show_chart
+from memloc.explore import noisy_share
+
+run, info = page_run()
+st.title("Gradient accounting")
+st.markdown(
+    "During training, every batch's gradient is split into the part that comes from clean examples "
+    "and the part that comes from noisy (mislabelled) ones, summed over each epoch, per layer group. "
+    "Although noisy examples are only a tenth of the data, their gradient is of the same size as "
+    "the clean one for much of training, in every layer, and points the other way (negative cosine)."
+)
+
+tables = require_tables(run, info, "gradients")
+if tables is None:
+    st.stop()
+grads = noisy_share(tables["gradients"])
+order = grads.sort_values("group_index")["group"].drop_duplicates().tolist()
+
+
+@st.fragment
+def norms_panel():
+    groups = st.multiselect("Layer groups", order, default=order[: min(4, len(order))], key="grad_groups",
+                            help="the layer groups of the model, input to output")
+    shown = grads[grads["group"].isin(groups)]
+    long = shown.melt(id_vars=["epoch", "group", "group_index"], value_vars=["clean_norm", "noisy_norm"],
+                      var_name="part", value_name="norm")
+    long["part"] = long["part"].map({"clean_norm": "clean examples", "noisy_norm": "noisy examples"})
+    pick = legend_pick("part")
+    lines = (
+        alt.Chart(long)
+        .mark_line()
+        .encode(
+            x="epoch:Q",
+            y=alt.Y("norm:Q", title="gradient norm (summed over the epoch)"),
+            color=alt.Color("part:N", title=None, legend=alt.Legend(orient="bottom")),
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+            tooltip=["group:N", "epoch:Q", "part:N", alt.Tooltip("norm:Q", format=".4g")],
+        )
+        .properties(width=220, height=160)
+        .add_params(pick)
+        .facet(facet=alt.Facet("group:N", sort=order, title=None), columns=4)
+        .resolve_scale(y="independent")
+        .properties(title="Clean vs noisy gradient norm per layer group")
+    )
+    show_chart(lines, long, "gradient_norms", run)
+
+
+norms_panel()
+
+left, right = st.columns(2)
+with left:
+    show_chart(heatmap(grads, "epoch", "group", "cosine", "Cosine(clean, noisy gradient)", domain=(-1, 1),
+                       scheme="redblue", y_sort=order), grads[["epoch", "group", "cosine"]], "gradient_cosine", run)
+with right:
+    show_chart(heatmap(grads, "epoch", "group", "noisy_share", "Noisy share of the gradient norm",
+                       y_sort=order), grads[["epoch", "group", "clean_norm", "noisy_norm", "noisy_share"]],
+               "noisy_share", run)
+st.caption("Cosine below 0 (red): the noisy examples pull the weights against the clean ones. "
+           "A noisy share of 0.5 means noisy and clean examples move the group equally.")
+
+st.subheader("Per example")
+st.markdown("Each training example's own gradient norm per layer group at a few checkpoints: where does "
+            "*this* example pull? Noisy examples usually pull harder than clean ones, until memorized.")
+per_example = require_tables(run, info, "example_gradients")
+if per_example is None:
+    st.stop()
+ex = per_example["example_gradients"]
+is_noisy = run_labels(run)["is_noisy"]
+ex = ex.assign(kind=pd.Series(is_noisy[ex["example_id"].to_numpy()]).map({True: "noisy", False: "clean"}).to_numpy())
+
+
+@st.fragment
+def example_panel():
+    epochs = sorted(ex["epoch"].unique().tolist())
+    epoch = st.select_slider("Checkpoint (epoch)", epochs, value=epochs[-1], key="exgrad_epoch")
+    at = ex[ex["epoch"] == epoch]
+    summary = at.groupby(["group", "kind"], as_index=False)["grad_norm"].agg(["mean", "median", "count"])
+    summary.columns = ["group", "kind", "mean", "median", "examples"]
+    pick = legend_pick("kind")
+    bars = (
+        alt.Chart(summary, title=f"Mean per-example gradient norm at epoch {epoch}")
+        .mark_bar()
+        .encode(
+            x=alt.X("group:N", sort=order, title="layer group"),
+            xOffset="kind:N",
+            y=alt.Y("mean:Q", title="mean gradient norm"),
+            color=alt.Color("kind:N", title=None),
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
+            tooltip=["group:N", "kind:N", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("median:Q", format=".4g"), "examples:Q"],
+        )
+        .add_params(pick)
+    )
+    show_chart(bars, summary, f"example_gradients_epoch{epoch}", run)
+    chosen = int(st.number_input("One example (training example id)", min_value=0, max_value=len(is_noisy) - 1, step=1,
+                                 key="exgrad_example", help="its norms at every recorded checkpoint"))
+    one = ex[ex["example_id"] == chosen]
+    one_chart = (
+        alt.Chart(one, title=f"Example {chosen} ({'noisy' if is_noisy[chosen] else 'clean'})")
+        .mark_line(point=True)
+        .encode(x="epoch:Q", y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=order),
+                tooltip=["group:N", "epoch:Q", alt.Tooltip("grad_norm:Q", format=".4g")])
+    )
+    show_chart(one_chart, one, f"example_{chosen}_gradients", run)
+    st.page_link("views/example.py", label=f"Open example {chosen}", query_params={"example": str(chosen)})
+
+
+example_panel()

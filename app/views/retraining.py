@@ -1,0 +1,61 @@
+"""Retraining: can one layer group, trained on clean examples only, bring memorization back?"""
+
+import altair as alt
+import streamlit as st
+
+from app.explore import legend_pick, page_run, require_tables, show_chart
+
+run, info = page_run()
+st.title("Retraining")
+st.markdown(
+    "For each layer group: reset it to its initial weights, freeze every other group, and train only "
+    "that group on the *clean* examples. The group never sees a noisy example, so if the noisy "
+    "(memorized) accuracy comes back, the rest of the network still holds the memorization; if it stays "
+    "low, that group was needed for it. The grey `none` is the control: the trained model itself, nothing reset."
+)
+
+tables = require_tables(run, info, "retraining")
+if tables is None:
+    st.stop()
+rt = tables["retraining"]
+order = rt.sort_values("group_index")["group"].drop_duplicates().tolist()
+
+
+@st.fragment
+def curves_panel():
+    groups = st.multiselect("Retrained groups", order, default=order, key="rt_groups")
+    shown = rt[rt["group"].isin(groups)]
+    long = shown.melt(id_vars=["group", "group_index", "epoch"], value_vars=["clean_acc", "noisy_acc", "test_acc"],
+                      var_name="population", value_name="accuracy")
+    long["population"] = long["population"].map({"clean_acc": "clean", "noisy_acc": "noisy (memorized)", "test_acc": "test"})
+    pick = legend_pick("group")
+    color = alt.Color("group:N", sort=order, title="retrained group", legend=alt.Legend(orient="bottom"),
+                      scale=alt.Scale(domain=order, range=[("#999999" if g == "none" else c) for g, c in
+                                                           zip(order, _palette(len(order)))]))
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="retraining epoch (0 = after the reset)"),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+            color=color,
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1)),
+            tooltip=["group:N", "population:N", "epoch:Q", alt.Tooltip("accuracy:Q", format=".3f")],
+        )
+        .properties(width=210, height=220)
+        .add_params(pick)
+        .facet(column=alt.Column("population:N", title=None, sort=["clean", "noisy (memorized)", "test"]))
+        .properties(title="Accuracy while retraining one group on clean examples")
+    )
+    show_chart(chart, shown, "retraining", run)
+    last = shown.sort_values("epoch").groupby("group").tail(1).set_index("group").reindex(groups)
+    st.dataframe(last[["epoch", "clean_acc", "noisy_acc", "test_acc"]].rename(columns={"epoch": "last epoch"}),
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ["clean_acc", "noisy_acc", "test_acc"]})
+
+
+def _palette(n: int) -> list[str]:
+    base = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
+    return [base[i % len(base)] for i in range(n)]
+
+
+curves_panel()

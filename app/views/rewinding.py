@@ -1,0 +1,105 @@
+"""Layer rewinding: which layer groups the memorized examples need."""
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.explore import (accuracy_metrics, class_name, decode_interventions, encode_interventions, heatmap, layout,
+                         live, opened, page_run, require_tables, run_labels, show_chart)
+from memloc.interventions import Rewind
+
+run, info = page_run()
+st.title("Layer rewinding")
+st.markdown(
+    "Take the trained model and put one layer group back to its weights of an earlier epoch (0 = "
+    "initialization); everything else stays trained. If memorization lived in the last layers, "
+    "rewinding them would erase it. Read each heatmap row as one group: dark cells in the middle "
+    "panel mark the few groups whose rewinding makes the model forget its memorized (noisy) labels."
+)
+
+tables = require_tables(run, info, "rewinding")
+if tables is not None:
+    rw = tables["rewinding"]
+    if rw["include_buffers"].nunique() > 1:
+        buffers = st.toggle("Rewind BatchNorm statistics with the parameters", value=True, key="rw_buffers_table")
+        rw = rw[rw["include_buffers"] == buffers]
+    order = rw.sort_values("group_index")["group"].drop_duplicates().tolist()
+    tip = ["group:N", "epoch:O", alt.Tooltip("clean_acc:Q", format=".3f"), alt.Tooltip("noisy_acc:Q", format=".3f"),
+           alt.Tooltip("test_acc:Q", format=".3f")]
+    cols = st.columns(3)
+    for col, (value, title) in zip(cols, [("clean_acc", "Clean accuracy"), ("noisy_acc", "Memorization (noisy acc.)"),
+                                          ("test_acc", "Test accuracy")]):
+        with col:
+            show_chart(heatmap(rw, "epoch", "group", value, title, y_sort=order, tooltip=tip),
+                       rw, f"rewinding_{value}", run)
+    st.caption("x: the epoch the group is rewound to; y: the rewound group, input (top) to output.")
+
+st.subheader("Live: rewind groups yourself")
+st.markdown(
+    "Choose one or more layer groups and the epoch to rewind them to. The accuracies are computed now "
+    "on the run's data; the table shows which of the chosen examples change their prediction."
+)
+data = opened(run)
+groups_all, _ = layout(run)
+epochs = run.checkpoint_epochs()
+labels = run_labels(run)
+noisy_ids = np.flatnonzero(labels["is_noisy"])
+
+if "rw_groups" not in st.session_state:  # first visit: take the intervention from the URL
+    from_url = [i for i in decode_interventions(st.query_params.get("intervention")) if isinstance(i, Rewind)]
+    valid = [i for i in from_url if i.group in groups_all and i.epoch in epochs]
+    st.session_state["rw_groups"] = [i.group for i in valid] or groups_all[:1]
+    st.session_state["rw_epoch"] = valid[0].epoch if valid else epochs[0]
+    st.session_state["rw_buffers"] = valid[0].include_buffers if valid else True
+    url_ids = st.query_params.get("example")
+    st.session_state["rw_examples"] = url_ids or ", ".join(str(i) for i in noisy_ids[:8])
+
+
+def parse_ids(text: str, n: int) -> list[int]:
+    ids = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) < n and int(part) not in ids:
+            ids.append(int(part))
+    return ids[:50]
+
+
+@st.fragment
+def live_panel():
+    c1, c2, c3 = st.columns([3, 2, 1])
+    groups = c1.multiselect("Layer groups to rewind", groups_all, key="rw_groups")
+    epoch = c2.select_slider("Rewind to epoch", epochs, key="rw_epoch")
+    buffers = c3.checkbox("BatchNorm stats too", key="rw_buffers", help="rewind the groups' BatchNorm running statistics with their parameters")
+    text = st.text_input("Examples to follow (training example ids, comma separated; at most 50)", key="rw_examples")
+    ids = parse_ids(text, len(labels["is_noisy"]))
+    items = [Rewind(g, int(epoch), bool(buffers)) for g in groups]
+    st.query_params["intervention"] = encode_interventions(items)
+    before, p_before = live(run, [], ids)
+    after, p_after = live(run, items, ids)
+    accuracy_metrics(after, before)
+    if not ids:
+        st.caption("No valid example ids given.")
+        return
+    classes = data.data.classes
+    rows = pd.DataFrame({
+        "example_id": ids,
+        "kind": np.where(labels["is_noisy"][ids], "noisy", "clean"),
+        "training label": [class_name(classes, labels["train_label"][i]) for i in ids],
+        "true label": [class_name(classes, labels["true_label"][i]) for i in ids],
+        "prediction before": [class_name(classes, k) for k in p_before.argmax(1)],
+        "prediction after": [class_name(classes, k) for k in p_after.argmax(1)],
+        "p(training label) before": p_before[np.arange(len(ids)), labels["train_label"][ids]],
+        "p(training label) after": p_after[np.arange(len(ids)), labels["train_label"][ids]],
+    })
+    rows["changed"] = rows["prediction before"] != rows["prediction after"]
+    st.dataframe(rows, hide_index=True, column_config={
+        "p(training label) before": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
+        "p(training label) after": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
+    })
+    st.caption(f"{int(rows['changed'].sum())} of {len(rows)} examples change their prediction.")
+    st.download_button("Examples (CSV)", rows.to_csv(index=False), file_name=f"{run.name}_live_rewind.csv",
+                       mime="text/csv", on_click="ignore", key="rw_csv")
+
+
+live_panel()

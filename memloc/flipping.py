@@ -1,0 +1,523 @@
+"""Neuron-level localization by greedy flipping (PAPER.md section 4), batched over targets.
+
+For one training example `t` with training label `y_t` (noisy or clean) and a reference batch
+`B` of training examples that contains it, the objective is
+
+    J = (1/|B|) * sum over i in B, i != t of CE_i  -  CE_t
+
+(raise the target's loss, keep the rest of the batch's loss low). Every *unit* (a conv layer's
+output channel, a linear layer's output neuron; `model.unit_layers`, the final classifier
+excluded) gets the score `sum over its weights and bias of w * dJ/dw`, the first-order estimate
+of how much J drops when the unit is zeroed. The highest-scoring unit is zeroed, and this
+repeats until the model no longer predicts `y_t` for `t`, or until `cap` units are zeroed (then
+the example counts as not flipped).
+
+This module is the fast path. It uses the identity from PAPER.md: with a multiplicative mask
+`m` on each unit's output, `dJ/dm` at the current masks equals the weight score of every unit
+still on (the unit's output is `w . x + b`, so `dJ/dm = sum dJ/do * o = sum w dJ/dw + b dJ/db`),
+and zeroing a unit's weights and bias is the same as a mask of 0 on its output. So:
+
+- scores come from one backward pass to the masks; no weight gradient is ever formed;
+- many targets run at once, each with its own row of a mask tensor `(T, U)` and its own
+  reference batch: the inputs of T targets are stacked to `(T * |B|, ...)` and forward hooks
+  multiply each target's rows by that target's mask row; one backward gives all `T` rows of
+  `dJ/dm` (target `k`'s J depends only on mask row `k`);
+- the work is cut into chunks of whole targets of at most `chunk_rows` rows, so memory stays
+  bounded whatever T is;
+- a target leaves the active set as soon as it flips or hits the cap, and the next queued
+  target takes its place, so every step works only on unfinished targets.
+
+The naive reference, PAPER.md literally (a copy of the model, weight gradients, weights zeroed),
+is `memloc.flipping_reference`; in the deterministic variant both choose the same units.
+
+Conventions shared with the reference (so both pick the same units):
+- Units have one global order: the layers in `model.unit_layers` order, each layer's units by
+  index. Ties in the score go to the lowest global index (`torch.argmax` returns the first).
+- A unit already zeroed is never chosen again (its weight score is exactly 0).
+- The model is evaluated as trained, in eval mode: BatchNorm uses its running statistics for J
+  and for the flip test, so examples do not interact through batch statistics.
+- Reference batch: fresh per target, `batch_size` examples drawn without replacement from the
+  whole training set by a generator seeded with (seed, example id), the target first; all
+  examples are labelled with their *training* labels.
+- Robust variant: the logits of every input are averaged over `noise_draws` copies with Gaussian
+  noise of L2 norm `noise_rel` times the input's, both for J and for the flip test; the noise is
+  drawn once per target (seeded with (seed, example id)) and kept for all its steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memloc.interventions import parse_unit, unit_axis, unit_count, unit_name
+
+# Streams of the seeded generators, so no two kinds of draw share random numbers.
+_BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREAM = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class FlipSettings:
+    """What the greedy flipping of one example depends on (PAPER.md section 4)."""
+
+    batch_size: int = 512  # |B|, target included (the paper's 512)
+    cap: int = 200  # most units zeroed; an example still not flipped then counts as not flipped
+    robust: bool = False  # average logits over noisy copies of each input (J and flip test)
+    noise_draws: int = 5  # copies per input in the robust variant
+    noise_rel: float = 0.01  # L2 norm of the noise relative to the input's
+    seed: int = 0  # seeds reference batches, noise and random controls (with the example id)
+
+    @property
+    def draws(self) -> int:
+        """Forward copies per input: `noise_draws` in the robust variant, else 1."""
+        return self.noise_draws if self.robust else 1
+
+
+@dataclass(frozen=True)
+class FlipResult:
+    """The outcome of greedy flipping for one example."""
+
+    example_id: int
+    units: tuple[int, ...]  # global unit indices (`UnitIndex`), in the order they were zeroed
+    flipped: bool  # the prediction left the training label within the cap
+    new_prediction: int  # the prediction after the last zeroed unit
+
+
+class UnitIndex:
+    """The fixed global order of a model's units: layer by layer (`model.unit_layers` order),
+    each layer's units by index. Global index `g` <-> address `layer_path[index]`."""
+
+    def __init__(self, model: nn.Module):
+        modules = dict(model.named_modules())
+        self.layers: tuple[str, ...] = tuple(model.unit_layers)
+        self.modules = tuple(modules[layer] for layer in self.layers)
+        self.sizes = tuple(unit_count(m) for m in self.modules)
+        self.offsets = tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+        self.total = int(sum(self.sizes))
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """Global index -> (position of its layer in `layers`, index within the layer)."""
+        pos = int(np.searchsorted(self.offsets, g, side="right")) - 1
+        return pos, g - self.offsets[pos]
+
+    def name(self, g: int) -> str:
+        pos, index = self.locate(g)
+        return unit_name(self.layers[pos], index)
+
+    def names(self, units: Sequence[int]) -> list[str]:
+        return [self.name(g) for g in units]
+
+    def index_of(self, unit: str) -> int:
+        """Address `layer_path[index]` -> global index."""
+        layer, i = parse_unit(unit)
+        if layer not in self.layers or not 0 <= i < self.sizes[self.layers.index(layer)]:
+            raise ValueError(f"{unit!r} is not a unit of this model (unit layers: {', '.join(self.layers)})")
+        return self.offsets[self.layers.index(layer)] + i
+
+
+def _generator(seed: int, example_id: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, example, purpose), independent of every other."""
+    state = np.random.SeedSequence([seed, example_id, stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def reference_batch(example_id: int, n_train: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Example ids (|B|,) of the target's reference batch: the target first, then
+    `batch_size - 1` other training examples drawn without replacement (all if fewer)."""
+    g = _generator(seed, example_id, _BATCH_STREAM)
+    others = torch.randperm(n_train - 1, generator=g)[: batch_size - 1]  # ids with the target left out
+    others = others + (others >= example_id).long()  # shift to skip the target's own id
+    return torch.cat([torch.tensor([example_id]), others])
+
+
+def target_inputs(x_train: torch.Tensor, batch: torch.Tensor, example_id: int, settings: FlipSettings) -> torch.Tensor:
+    """The forward inputs of one target's reference batch, (|B| * draws, C, H, W), item-major:
+    the plain images, or in the robust variant `draws` noisy copies of each image."""
+    x = x_train[batch.to(x_train.device)]  # (|B|, C, H, W)
+    if not settings.robust:
+        return x
+    g = _generator(settings.seed, example_id, _NOISE_STREAM)
+    noise = torch.randn((len(x), settings.noise_draws, *x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
+    # Scale each draw to L2 norm noise_rel * ||x_i||.
+    x_norm = x.flatten(1).norm(dim=1).view(-1, 1, *([1] * (x.dim() - 1)))  # (|B|, 1, 1, 1, 1)
+    n_norm = noise.flatten(2).norm(dim=2).view(*noise.shape[:2], *([1] * (x.dim() - 1)))  # (|B|, D, 1, 1, 1)
+    noisy = x.unsqueeze(1) + noise * (settings.noise_rel * x_norm / n_norm)  # (|B|, D, C, H, W)
+    return noisy.flatten(0, 1)
+
+
+def objective(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """J per target from logits (T, |B|, K) and training labels (T, |B|), target at position 0."""
+    t, b, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(t * b, k), labels.reshape(t * b), reduction="none").view(t, b)
+    return ce[:, 1:].sum(1) / b - ce[:, 0]  # (T,)
+
+
+class _UnitMasks:
+    """Forward hooks that multiply each unit layer's output by a per-target mask.
+
+    `masks` is (T, U) in `UnitIndex` order; the forward input holds `rows` consecutive rows per
+    target, so a layer's output (T * rows, ...) is viewed as (T, rows, ...) and multiplied by
+    that target's slice of the mask. The hooks return a masked copy (never in place), so the
+    backward pass reaches the masks.
+    """
+
+    def __init__(self, index: UnitIndex):
+        self.index = index
+        self.masks: torch.Tensor | None = None
+        self.rows = 1
+
+    def set(self, masks: torch.Tensor, rows: int) -> None:
+        self.masks, self.rows = masks, rows
+
+    def _hook(self, pos: int) -> Callable:
+        module, offset, size = self.index.modules[pos], self.index.offsets[pos], self.index.sizes[pos]
+        axis = unit_axis(module)
+
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+            t = self.masks.shape[0]
+            grouped = output.view(t, self.rows, *output.shape[1:])  # (T, rows, ...)
+            shape = [t, 1] + [1] * (output.dim() - 1)
+            shape[axis + 1 if axis >= 0 else axis] = size  # the unit axis, shifted by the T axis
+            mask = self.masks[:, offset : offset + size].reshape(shape).to(output.dtype)
+            return (grouped * mask).view(output.shape)
+
+        return hook
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator["_UnitMasks"]:
+        handles = []
+        try:
+            for pos, module in enumerate(self.index.modules):
+                handles.append(module.register_forward_hook(self._hook(pos)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextlib.contextmanager
+def _evaluated_without_weight_grads(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running statistics) and no parameter gradients for the block; the
+    model's mode and `requires_grad` flags are restored afterwards, also on an error."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _chunks(n_targets: int, rows_per_target: int, chunk_rows: int) -> Iterator[slice]:
+    """Slices of whole targets with at most `chunk_rows` rows each (at least one target)."""
+    per = max(1, chunk_rows // rows_per_target)
+    for start in range(0, n_targets, per):
+        yield slice(start, min(start + per, n_targets))
+
+
+@torch.no_grad()
+def _predict_targets(
+    model: nn.Module, hooks: _UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int
+) -> torch.Tensor:
+    """The flip test, batched: the prediction (T,) for each target's own image (the first `draws`
+    rows of its inputs (T, rows, C, H, W), logits averaged over them) under its mask row (T, U).
+    Needs `hooks` attached to `model` in eval mode."""
+    preds = []
+    for part in _chunks(len(masks), draws, chunk_rows):
+        hooks.set(masks[part], draws)
+        logits = model(inputs[part, :draws].flatten(0, 1))  # (t * draws, K)
+        preds.append(logits.view(-1, draws, logits.shape[-1]).mean(1).argmax(-1))
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=inputs.device)
+
+
+def flip_examples(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    example_ids: Sequence[int],
+    settings: FlipSettings = FlipSettings(),
+    targets_per_step: int = 32,
+    chunk_rows: int = 4096,
+    on_result: Callable[[FlipResult], None] | None = None,
+) -> list[FlipResult]:
+    """Greedy flipping of every example in `example_ids` (fast path), results in that order.
+
+    `y_train` are the training labels (noisy where the label was flipped). At most
+    `targets_per_step` targets are active at once, each with its own mask row and reference
+    batch; a finished target is replaced by the next one. Each step (1) predicts every active
+    target under its own masks, finishing those no longer predicted with their label or at the
+    cap, then (2) computes `dJ/dm` for the rest in chunks of at most `chunk_rows` forward rows and
+    zeroes each target's highest-scoring unit that is still on. The model is used in eval mode
+    with its own parameters untouched; hooks, mode and `requires_grad` are restored afterwards.
+    `on_result` is called as each target finishes (e.g. to advance a progress bar).
+
+    An example the model does not predict with its training label to begin with finishes at
+    once, with no units and `flipped` true (the stage only picks examples predicted with their
+    label, but a list of ids may hold such ones).
+    """
+    index = UnitIndex(model)
+    draws, n_train = settings.draws, len(x_train)
+    batch = min(settings.batch_size, n_train)
+    rows = batch * draws  # forward rows per target
+    cap = min(settings.cap, index.total)
+    queue = deque(int(e) for e in example_ids)
+    # The active targets, as parallel lists and stacked tensors (rebuilt only when the set changes).
+    ids: list[int] = []
+    units: list[list[int]] = []
+    inputs = x_train.new_empty(0, rows, *x_train.shape[1:])  # (T, |B| * draws, C, H, W)
+    labels = y_train.new_empty(0, batch)  # (T, |B|) training labels of each reference batch
+    masks = x_train.new_ones(0, index.total)  # (T, U)
+    results: dict[int, FlipResult] = {}
+    hooks = _UnitMasks(index)
+    with _evaluated_without_weight_grads(model), hooks.attached():
+        while queue or ids:
+            new = [queue.popleft() for _ in range(min(len(queue), targets_per_step - len(ids)))]
+            if new:
+                batches = [reference_batch(e, n_train, batch, settings.seed) for e in new]
+                inputs = torch.cat([inputs, torch.stack([target_inputs(x_train, b, e, settings) for b, e in zip(batches, new)])])
+                labels = torch.cat([labels, torch.stack([y_train[b.to(y_train.device)] for b in batches])])
+                masks = torch.cat([masks, masks.new_ones(len(new), index.total)])  # every unit on at first
+                ids += new
+                units += [[] for _ in new]
+
+            # (1) The flip test: each target's own input (its first `draws` rows) under its masks.
+            preds = _predict_targets(model, hooks, masks, inputs, draws, chunk_rows).tolist()
+            done = [p != int(y_train[e]) or len(u) >= cap for p, e, u in zip(preds, ids, units)]
+            if any(done):
+                for p, e, u, d in zip(preds, ids, units, done):
+                    if d:
+                        results[e] = FlipResult(e, tuple(u), p != int(y_train[e]), p)
+                        if on_result is not None:
+                            on_result(results[e])
+                keep = [k for k, d in enumerate(done) if not d]
+                ids, units = [ids[k] for k in keep], [units[k] for k in keep]
+                keep = torch.tensor(keep, dtype=torch.long, device=masks.device)
+                inputs, labels, masks = inputs[keep], labels[keep], masks[keep]
+                continue  # refill the active set, then test again
+
+            # (2) Scores dJ/dm of every active target, chunk by chunk (J is a sum over targets'
+            # own rows, so one backward per chunk fills those targets' rows of the gradient).
+            leaf = masks.detach().requires_grad_(True)  # (T, U)
+            for part in _chunks(len(ids), rows, chunk_rows):
+                hooks.set(leaf[part], rows)
+                logits = model(inputs[part].flatten(0, 1))  # (t * |B| * draws, K)
+                logits = logits.view(-1, batch, draws, logits.shape[-1])  # (t, |B|, draws, K)
+                logits = logits.mean(2) if draws > 1 else logits.squeeze(2)  # (t, |B|, K)
+                objective(logits, labels[part]).sum().backward()
+            scores = leaf.grad.masked_fill(masks == 0, float("-inf"))  # zeroed units are never chosen again
+            best = scores.argmax(1)  # (T,); the first maximum, i.e. the lowest global index on ties
+            masks[torch.arange(len(ids), device=masks.device), best] = 0.0
+            for u, g in zip(units, best.tolist()):
+                u.append(g)
+    return [results[int(e)] for e in example_ids]
+
+
+def unit_masks(index: UnitIndex, unit_sets: Sequence[Sequence[int]], like: torch.Tensor) -> torch.Tensor:
+    """Masks (E, U) with 0 at each set's units and 1 elsewhere, dtype/device of `like`."""
+    masks = torch.ones(len(unit_sets), index.total, dtype=like.dtype, device=like.device)
+    for row, units in enumerate(unit_sets):
+        if len(units):
+            masks[row, list(units)] = 0.0
+    return masks
+
+
+@torch.no_grad()
+def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+    """Predictions (E, N) of the model under each of E unit masks (E, U) on the same inputs
+    x (N, C, H, W), in eval mode.
+
+    Batched over masks: a chunk stacks the inputs once per mask of a group of masks, with at most
+    `chunk_rows` rows (the inputs are split too when one mask's rows exceed it).
+    """
+    hooks = _UnitMasks(UnitIndex(model))
+    n = len(x)
+    items = max(1, min(n, chunk_rows))  # inputs per block
+    out = torch.empty(len(masks), n, dtype=torch.long, device=x.device)
+    with _evaluated_without_weight_grads(model), hooks.attached():
+        for i0 in range(0, n, items):
+            block = x[i0 : i0 + items]  # (b, C, H, W)
+            b = len(block)
+            for part in _chunks(len(masks), b, chunk_rows):
+                t = part.stop - part.start
+                hooks.set(masks[part], b)
+                stacked = block.unsqueeze(0).expand(t, *block.shape).reshape(t * b, *block.shape[1:])  # (t * b, C, H, W)
+                out[part, i0 : i0 + b] = model(stacked).argmax(-1).view(t, b)
+    return out
+
+
+def random_units(index: UnitIndex, units: Sequence[int], example_id: int, seed: int) -> tuple[int, ...]:
+    """The random control of a flip set: as many units per layer as `units` has there, drawn
+    uniformly without replacement within each layer (seeded with (seed, example id))."""
+    g = _generator(seed, example_id, _RANDOM_UNITS_STREAM)
+    counts = np.bincount([index.locate(u)[0] for u in units], minlength=len(index.layers))
+    drawn: list[int] = []
+    for pos, count in enumerate(counts):
+        if count:
+            picks = torch.randperm(index.sizes[pos], generator=g)[:count]
+            drawn += sorted(index.offsets[pos] + int(i) for i in picks)
+    return tuple(drawn)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The fixed evaluation subset of collateral accuracy (on the device of the data)."""
+
+    train_x: torch.Tensor  # (n, C, H, W)
+    train_y: torch.Tensor  # (n,) training labels
+    train_noisy: torch.Tensor  # (n,) bool
+    test_x: torch.Tensor  # (m, C, H, W)
+    test_y: torch.Tensor  # (m,)
+
+
+def eval_set(
+    x_train: torch.Tensor, y_train: torch.Tensor, is_noisy: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+    train_size: int, test_size: int, seed: int,
+) -> EvalSet:
+    """A seeded uniform subset of `train_size` training and `test_size` test examples (0 = all)."""
+    g = _generator(seed, 0, _EVAL_STREAM)
+
+    def pick(n: int, size: int) -> torch.Tensor:
+        if size == 0 or size >= n:
+            return torch.arange(n)
+        return torch.randperm(n, generator=g)[:size].sort().values
+
+    tr = pick(len(x_train), train_size).to(x_train.device)
+    te = pick(len(x_test), test_size).to(x_test.device)
+    return EvalSet(x_train[tr], y_train[tr], is_noisy[tr], x_test[te], y_test[te])
+
+
+def collateral(model: nn.Module, masks: torch.Tensor, evals: EvalSet, chunk_rows: int = 4096) -> dict[str, np.ndarray]:
+    """Accuracy after each of E edits (masks (E, U)): clean training examples (their labels),
+    noisy training examples (their noisy labels, i.e. memorization) and test examples."""
+    train = masked_predictions(model, masks, evals.train_x, chunk_rows=chunk_rows) == evals.train_y  # (E, n)
+    test = masked_predictions(model, masks, evals.test_x, chunk_rows=chunk_rows) == evals.test_y  # (E, m)
+
+    def mean(correct: torch.Tensor) -> np.ndarray:
+        if correct.shape[1] == 0:
+            return np.full(correct.shape[0], np.nan)
+        return correct.double().mean(1).cpu().numpy()
+
+    return {
+        "acc_clean_after": mean(train[:, ~evals.train_noisy]),
+        "acc_noisy_after": mean(train[:, evals.train_noisy]),
+        "acc_test_after": mean(test),
+    }
+
+
+def select_targets(
+    predictions: torch.Tensor, y_train: torch.Tensor, is_noisy: torch.Tensor, n_noisy: int, n_clean: int, seed: int
+) -> list[int]:
+    """Seeded choice of targets: `n_noisy` memorized noisy examples (predicted with their noisy
+    label) and `n_clean` clean examples predicted correctly (-1 = all of them; fewer if fewer
+    exist), noisy first, each kind in increasing id order."""
+    g = _generator(seed, 0, _TARGETS_STREAM)
+    fits = (predictions == y_train).cpu()
+    noisy = is_noisy.cpu()
+    chosen: list[int] = []
+    for kind_mask, n in ((noisy & fits, n_noisy), (~noisy & fits, n_clean)):
+        ids = torch.nonzero(kind_mask).flatten()
+        if 0 <= n < len(ids):
+            ids = ids[torch.randperm(len(ids), generator=g)[:n]].sort().values
+        chosen += ids.tolist()
+    return chosen
+
+
+def flip_table(
+    model: nn.Module,
+    results: Sequence[FlipResult],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    is_noisy: torch.Tensor,
+    evals: EvalSet,
+    settings: FlipSettings,
+    chunk_rows: int = 4096,
+) -> pd.DataFrame:
+    """The `flipping` rows of `results`: the flip set and its collateral accuracy, and for each
+    flipped example the random control (same number of units per layer, seeded): whether it
+    flips the example and its collateral accuracy. Collateral is evaluated batched over examples.
+
+    Columns: example_id, kind ("noisy"/"clean"), n_units, flipped, units (`layer[index]` in the
+    order zeroed), new_prediction, acc_clean_after, acc_noisy_after, acc_test_after (on `evals`:
+    clean examples against their labels, noisy ones against their noisy labels, test examples),
+    then random_flipped, random_new_prediction and random_acc_* for the random control (missing
+    where the example did not flip).
+    """
+    index = UnitIndex(model)
+    flipped = [r for r in results if r.flipped]
+    controls = [random_units(index, r.units, r.example_id, settings.seed) for r in flipped]
+    masks = unit_masks(index, [r.units for r in results] + controls, x_train)  # (E + F, U)
+    acc = collateral(model, masks, evals, chunk_rows)
+    control_preds: list[int] = []
+    if flipped:  # does the random control flip the example? (its own image, as in the flip test)
+        inputs = torch.stack([target_inputs(x_train, torch.tensor([r.example_id]), r.example_id, settings) for r in flipped])
+        hooks = _UnitMasks(index)
+        with _evaluated_without_weight_grads(model), hooks.attached():
+            control_preds = _predict_targets(model, hooks, masks[len(results):], inputs, settings.draws, chunk_rows).tolist()
+    e = len(results)
+    table = pd.DataFrame({
+        # Explicit dtypes, so that a table without rows has the same column types.
+        "example_id": np.array([r.example_id for r in results], dtype=np.int64),
+        "kind": pd.array(["noisy" if bool(is_noisy[r.example_id]) else "clean" for r in results], dtype="str"),
+        "n_units": np.array([len(r.units) for r in results], dtype=np.int64),
+        "flipped": np.array([r.flipped for r in results], dtype=bool),
+        "units": pd.Series([index.names(r.units) for r in results], dtype=object),
+        "new_prediction": np.array([r.new_prediction for r in results], dtype=np.int64),
+        **{key: values[:e] for key, values in acc.items()},
+    })
+    row = {r.example_id: i for i, r in enumerate(flipped)}
+    pos = [row.get(r.example_id) for r in results]
+    labels = [int(y_train[r.example_id]) for r in results]
+    table["random_flipped"] = pd.array([None if p is None else control_preds[p] != y for p, y in zip(pos, labels)], dtype="boolean")
+    table["random_new_prediction"] = pd.array([None if p is None else control_preds[p] for p in pos], dtype="Int64")
+    for key, values in acc.items():
+        table[f"random_{key}"] = np.array([np.nan if p is None else values[e + p] for p in pos], dtype=np.float64)
+    return table
+
+
+def unit_table(flipping: pd.DataFrame, model: nn.Module) -> pd.DataFrame:
+    """`flip_units`: every unit in some flipped example's flip set, with how many flip sets
+    (noisy / clean) contain it; `layer_index` is the layer's position in `model.unit_layers`.
+    Rows in the global unit order."""
+    index = UnitIndex(model)
+    position = {layer: i for i, layer in enumerate(index.layers)}
+    rows: dict[tuple[int, int], dict] = {}
+    flipped = flipping[flipping["flipped"]]
+    for kind, units in zip(flipped["kind"], flipped["units"]):
+        for unit in units:
+            layer, i = parse_unit(unit)
+            row = rows.setdefault((position[layer], i), {
+                "unit": unit, "layer": layer, "layer_index": position[layer], "n_examples": 0, "n_noisy": 0, "n_clean": 0,
+            })
+            row["n_examples"] += 1
+            row[f"n_{kind}"] += 1
+    columns = ["unit", "layer", "layer_index", "n_examples", "n_noisy", "n_clean"]
+    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=columns)
+
+
+def summary(flipping: pd.DataFrame) -> dict[str, float | None]:
+    """Key numbers of a `flipping` table, per kind: how many examples, the share flipped within
+    the cap, mean and median units over the flipped ones, and the share the random control flips
+    (None where there is nothing to average)."""
+    out: dict[str, float | None] = {}
+    for kind in ("noisy", "clean"):
+        rows = flipping[flipping["kind"] == kind]
+        flipped = rows[rows["flipped"]]
+        out[f"{kind}_examples"] = int(len(rows))
+        out[f"{kind}_flipped_share"] = round(float(rows["flipped"].mean()), 4) if len(rows) else None
+        out[f"{kind}_units_mean"] = round(float(flipped["n_units"].mean()), 2) if len(flipped) else None
+        out[f"{kind}_units_median"] = float(flipped["n_units"].median()) if len(flipped) else None
+        out[f"{kind}_random_flipped_share"] = (
+            round(float(flipped["random_flipped"].astype(float).mean()), 4) if len(flipped) else None
+        )
+    return out

@@ -1,0 +1,140 @@
+"""The explorer in a real browser: Debian's Chromium driven by Playwright, against a live server.
+
+Visits every page, checks each renders its heading and charts without an exception, zeroes units
+on the Neurons page and waits for the accuracy the library computes, and saves a screenshot of
+every page under the test's temp directory. Skips only where Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from memloc.evaluate import evaluate
+from memloc.interventions import ZeroUnits, intervene
+from memloc.runs import open_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = {  # url path -> heading
+    "overview": "Overview: smoke",
+    "gradients": "Gradient accounting",
+    "rewinding": "Layer rewinding",
+    "retraining": "Retraining",
+    "neurons": "Neurons",
+    "examples": "Examples",
+    "example": "One example",
+    "dropout": "Example-tied dropout",
+}
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                                "(apt-get install -y --no-install-recommends chromium; .ci/run does it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(runs: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start the server on a free loopback port; retry with another port if it was taken."""
+    for _ in range(3):
+        port = _free_port()
+        cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--", "--runs", str(runs)]
+        server = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        return server, port
+            except OSError:
+                time.sleep(0.2)
+        _stop(server)
+        if "already in use" not in log.read_text():
+            break
+    raise RuntimeError(f"the Streamlit server did not start; its log:\n{log.read_text()[-3000:]}")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_run, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt (playwright)")
+    expect = sync_api.expect
+
+    flips = explorer_run.read_table("flipping")
+    row = flips[flips["kind"] == "noisy"].iloc[0]
+    units = [str(u) for u in row["units"]]
+    opened = open_run(explorer_run)
+    model = opened.model()
+    d = opened.data
+    before = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_y)
+    with intervene(model, [ZeroUnits(tuple(units))]):
+        after = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_y)
+    changed = [k for k in ("clean_acc", "noisy_acc", "test_acc") if f"{after[k]:.2%}" != f"{before[k]:.2%}"]
+    assert changed, "zeroing the flip set should change some accuracy of the smoke model"
+
+    log = tmp_path / "server.log"
+    server, port = _start(explorer_run.path.parent, log)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            for path, heading in PAGES.items():
+                query = f"example={int(row['example_id'])}&" if path == "example" else ""
+                url_path = "" if path == "overview" else path  # the default page lives at /
+                page.goto(f"http://127.0.0.1:{port}/{url_path}?{query}run=smoke")
+                expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(timeout=30_000)
+                expect(page.locator(".vega-embed").first).to_be_visible(timeout=30_000) if path != "examples" else \
+                    expect(page.locator("img").first).to_be_visible(timeout=30_000)
+                expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=30_000)
+                assert page.locator("[data-testid='stException']").count() == 0, f"exception on page {path}"
+                assert page.get_by_text("Page not found").count() == 0, f"{path} is not a page of the app"
+                page.screenshot(path=tmp_path / f"{path}.png", full_page=True)
+
+            # Neurons: clear the preselected flip set, then zero the units by hand.
+            page.goto(f"http://127.0.0.1:{port}/neurons?run=smoke&example={int(row['example_id'])}")
+            expect(page.get_by_role("heading", name="Live: zero units yourself")).to_be_visible(timeout=30_000)
+            metric = page.locator("[data-testid='stMetric']").filter(has_text="clean accuracy").first
+            picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Units to zero")
+            box = picker.get_by_role("combobox")
+            box.click()
+            for _ in range(len(units)):
+                box.press("Backspace")
+            expect(metric.locator("[data-testid='stMetricValue']")).to_have_text(f"{before['clean_acc']:.2%}", timeout=15_000)
+            page.screenshot(path=tmp_path / "neurons_nothing_zeroed.png", full_page=True)
+            for unit in units:
+                box.fill(unit)
+                page.get_by_role("option", name=unit, exact=True).click()
+            box.press("Escape")
+            for key, label in (("clean_acc", "clean accuracy"), ("noisy_acc", "memorized (noisy)"), ("test_acc", "test accuracy")):
+                shown = page.locator("[data-testid='stMetric']").filter(has_text=label).first
+                expect(shown.locator("[data-testid='stMetricValue']")).to_have_text(f"{after[key]:.2%}", timeout=15_000)
+            expect(page).to_have_url(re.compile(r"intervention=zero"))
+            page.screenshot(path=tmp_path / "neurons_zeroed.png", full_page=True)
+            browser.close()
+    finally:
+        _stop(server)
+    assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in PAGES)

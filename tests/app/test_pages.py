@@ -1,0 +1,270 @@
+"""Every analysis page of the explorer under AppTest, on the smoke run (with every table).
+
+Checks that each page renders without an exception, that its widgets change what is shown, and
+that the live interventions show exactly the numbers the library computes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from memloc import attribution
+from memloc.evaluate import evaluate, predict
+from memloc.interventions import Rewind, ZeroUnits, intervene
+from memloc.runs import open_run
+from memloc.store import Run
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+
+
+def _app(monkeypatch, root: Path, **params) -> AppTest:
+    monkeypatch.setenv("MEMLOC_RUNS", str(root))
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at
+
+
+def _page(monkeypatch, run: Run, page: str, **params) -> AppTest:
+    at = _app(monkeypatch, run.path.parent, **params).run()
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+ACCURACIES = ("clean accuracy", "memorized (noisy)", "noisy vs true label", "test accuracy")
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric if m.label in ACCURACIES}
+
+
+def _chart_data(chart) -> pd.DataFrame:
+    """The data behind a chart as the browser gets it (an Arrow table in the message)."""
+    return pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pandas()
+
+
+def _shown(values: dict[str, float]) -> dict[str, str]:
+    return {"clean accuracy": f"{values['clean_acc']:.2%}", "memorized (noisy)": f"{values['noisy_acc']:.2%}",
+            "noisy vs true label": f"{values['noisy_true_acc']:.2%}", "test accuracy": f"{values['test_acc']:.2%}"}
+
+
+@pytest.fixture(scope="module")
+def library(explorer_run):
+    """The run opened by the library itself, to compare the app's numbers with."""
+    opened = open_run(explorer_run)
+    return opened, opened.model()
+
+
+def _evaluate(library, items):
+    opened, model = library
+    d = opened.data
+    with intervene(model, items, checkpoint=opened.checkpoint):
+        return evaluate(model, d.train_x, opened.labels, d.test_x, d.test_y)
+
+
+def test_overview_shows_curves_and_when_noisy_examples_were_memorized(monkeypatch, explorer_run):
+    at = _app(monkeypatch, explorer_run.path.parent).run()
+    assert not at.exception
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    assert "When each noisy example became memorized" in [h.value for h in at.subheader]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels.count("Data (CSV)") == 2 and labels.count("Figure (SVG)") == 2
+    assert at.query_params["page"] == "overview"
+
+
+def test_gradient_page_groups_and_checkpoint_change_the_charts(monkeypatch, explorer_run):
+    at = _page(monkeypatch, explorer_run, "gradients")
+    first = at.get("vega_lite_chart")[0].proto.spec
+    at.multiselect(key="grad_groups").set_value(["out"]).run()
+    assert at.get("vega_lite_chart")[0].proto.spec != first
+    per_example = at.get("vega_lite_chart")[3].proto.spec
+    epochs = at.select_slider(key="exgrad_epoch").options
+    at.select_slider(key="exgrad_epoch").set_value(epochs[0]).run()
+    assert not at.exception
+    assert at.get("vega_lite_chart")[3].proto.spec != per_example
+    at.number_input(key="exgrad_example").set_value(5).run()
+    one = _chart_data(at.get("vega_lite_chart")[4])
+    assert set(one["example_id"]) == {5} and len(one) == len(explorer_run.read_table("example_gradients").query("example_id == 5"))
+
+
+def test_live_rewind_equals_the_library(monkeypatch, explorer_run, library):
+    at = _page(monkeypatch, explorer_run, "rewinding")
+    assert len(at.get("vega_lite_chart")) == 3  # clean / memorization / test heatmaps
+    at.multiselect(key="rw_groups").set_value(["fc1", "out"])
+    at.select_slider(key="rw_epoch").set_value(0).run()
+    assert not at.exception
+    items = [Rewind("fc1", 0), Rewind("out", 0)]
+    assert _metrics(at) == _shown(_evaluate(library, items))
+    assert at.query_params["intervention"] == "rewind:fc1@0+rewind:out@0"
+    rows = at.dataframe[0].value
+    opened, model = library
+    ids = rows["example_id"].tolist()
+    with intervene(model, items, checkpoint=opened.checkpoint):
+        after = predict(model, opened.data.train_x[ids]).argmax(1).tolist()
+    assert rows["prediction after"].astype(int).tolist() == after
+
+
+def test_an_intervention_in_the_url_reopens_the_same_live_rewind(monkeypatch, explorer_run, library):
+    at = _app(monkeypatch, explorer_run.path.parent, page="rewinding", intervention="rewind:fc2@1", example="3, 5").run()
+    assert not at.exception
+    assert at.title[0].value == "Layer rewinding"
+    assert at.multiselect(key="rw_groups").value == ["fc2"] and at.select_slider(key="rw_epoch").value == 1
+    assert at.dataframe[0].value["example_id"].tolist() == [3, 5]
+    assert _metrics(at) == _shown(_evaluate(library, [Rewind("fc2", 1)]))
+
+
+def test_retraining_group_choice_changes_the_chart(monkeypatch, explorer_run):
+    at = _page(monkeypatch, explorer_run, "retraining")
+    spec = at.get("vega_lite_chart")[0].proto.spec
+    at.multiselect(key="rt_groups").set_value(["none", "fc1"]).run()
+    assert at.get("vega_lite_chart")[0].proto.spec != spec
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_live_zeroing_equals_the_library_and_follows_the_example(monkeypatch, explorer_run, library):
+    flips = explorer_run.read_table("flipping")
+    at = _page(monkeypatch, explorer_run, "neurons")
+    example = at.selectbox(key="nr_example").value
+    flip_set = [str(u) for u in flips.set_index("example_id").at[example, "units"]]
+    assert at.multiselect(key="nr_units").value == flip_set  # the example's flip set is preselected
+    assert _metrics(at) == _shown(_evaluate(library, [ZeroUnits(tuple(flip_set))]))
+    at.multiselect(key="nr_units").set_value(["fc1[0]", "fc2[3]"]).run()
+    assert _metrics(at) == _shown(_evaluate(library, [ZeroUnits(("fc1[0]", "fc2[3]"))]))
+    assert at.query_params["intervention"] == "zero:fc1[0],fc2[3]"
+    other = [i for i in at.selectbox(key="nr_example").options if int(i.split()[0]) != example][0]
+    at.selectbox(key="nr_example").select(int(other.split()[0])).run()
+    assert at.multiselect(key="nr_units").value == [str(u) for u in flips.set_index("example_id").at[int(other.split()[0]), "units"]]
+    unit = at.selectbox(key="nr_unit").value
+    users = at.dataframe[0].value["example_id"].tolist()
+    assert users == [i for i, us in zip(flips["example_id"], flips["units"]) if unit in list(us)]
+
+
+def test_gallery_filters_and_pages(monkeypatch, explorer_run):
+    labels = explorer_run.read_labels()
+    at = _page(monkeypatch, explorer_run, "examples")
+    assert len(at.image) == 24
+    at.radio(key="gal_kind").set_value("noisy").run()
+    links = [link.proto.label for link in at.get("page_link")]
+    assert links and all("(noisy)" in label for label in links)
+    assert len(links) == min(24, int(labels["is_noisy"].sum()))
+    at.text_input(key="gal_search").input("12").run()
+    ids = [int(label.split()[0][1:]) for label in (link.proto.label for link in at.get("page_link"))]
+    assert all(str(i).startswith("12") and labels["is_noisy"][i] for i in ids)
+    at.text_input(key="gal_search").input("").run()
+    at.radio(key="gal_kind").set_value("all").run()
+    at.number_input(key="gal_page").set_value(2).run()
+    first = int(at.get("page_link")[0].proto.label.split()[0][1:])
+    assert first == 24
+
+
+def test_example_page_with_attributions_before_and_after_zeroing(monkeypatch, explorer_run, library):
+    flips = explorer_run.read_table("flipping")
+    row = flips[flips["kind"] == "noisy"].iloc[0]
+    example, units = int(row["example_id"]), tuple(str(u) for u in row["units"])
+    labels = explorer_run.read_labels()
+    at = _app(monkeypatch, explorer_run.path.parent, page="example", example=str(example)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="ex_id").value == example
+    opened, model = library
+    x = opened.data.train_x[[example]]
+    probs = _chart_data(at.get("vega_lite_chart")[0])["probability"].to_numpy()
+    np.testing.assert_allclose(probs, torch.softmax(predict(model, x), 1)[0].numpy(), rtol=1e-5)
+    assert set(at.selectbox(key="ex_method").options) == set(attribution.methods_for(model))
+    shown = _chart_data(at.get("vega_lite_chart")[-1])
+    assert len(shown.groupby(["target", "model"])) == 4  # training / true label x before / after zeroing
+    after_true = shown[shown["target"].str.startswith("true label") & shown["model"].str.startswith("flip set zeroed")]
+    with intervene(model, [ZeroUnits(units)]):
+        expected = attribution.attribute(model, "IntegratedGradients", x, int(labels["true_label"][example]))[0].sum(0)
+    np.testing.assert_allclose(after_true.sort_values(["y", "x"])["attribution"].to_numpy(), expected.numpy().ravel(), rtol=1e-4, atol=1e-6)
+    at.selectbox(key="ex_method").set_value("LayerConductance").run()
+    assert not at.exception
+    assert at.selectbox(key="ex_layer").options == list(model.unit_layers)
+    assert "unit" in _chart_data(at.get("vega_lite_chart")[-1]).columns
+    at.number_input(key="ex_id").set_value(example + 1).run()
+    assert at.query_params["example"] == str(example + 1)
+    assert at.markdown[1].value.startswith(f"**{'Noisy' if labels['is_noisy'][example + 1] else 'Clean'} example #{example + 1}**")
+
+
+def test_dropout_page_counts_survivors(monkeypatch, explorer_run):
+    at = _page(monkeypatch, explorer_run, "dropout")
+    assert len(at.get("vega_lite_chart")) == 1
+    table = explorer_run.read_table("dropout_examples")
+    noisy = explorer_run.read_labels()["is_noisy"]
+    wide = table.pivot(index="example_id", columns="mode", values="correct").reindex(np.flatnonzero(noisy))
+    fitted = "train" if "train" in wide.columns else "test"
+    survive = int((wide[fitted].fillna(False).astype(bool) & wide["drop"].fillna(False).astype(bool)).sum())
+    assert f"**{survive:,}** of them keep their noisy label" in at.markdown[1].value
+    before = len(at.get("page_link"))
+    at.radio(key="do_which").set_value("forgotten in drop mode").run()
+    assert not at.exception
+    assert len(at.get("page_link")) != before or before == 0
+
+
+@pytest.mark.parametrize("page,table", [("rewinding", "rewinding"), ("retraining", "retraining"),
+                                        ("neurons", "flipping"), ("dropout", "dropout"), ("gradients", "gradients")])
+def test_a_run_without_the_table_says_which_command_adds_it(monkeypatch, smoke_run, tmp_path, page, table):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run.path, root / "smoke")
+    run = Run(root / "smoke")
+    with run.lock():
+        run.forget(f"tables/{table}.parquet")
+    at = _page(monkeypatch, run, page)
+    assert any(f"`{table}`" in i.value for i in at.info)
+    assert f"python -m precompute run --preset smoke --out {run.path}" in [c.value for c in at.code]
+
+
+def test_a_corrupt_table_gives_an_error_card_on_an_analysis_page(monkeypatch, explorer_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(explorer_run.path, root / "smoke")
+    (root / "smoke" / "tables" / "rewinding.parquet").write_bytes(b"not parquet")
+    at = _page(monkeypatch, Run(root / "smoke"), "rewinding")
+    assert "does not match the checksum" in at.error[0].value
+
+
+def test_interventions_round_trip_through_the_url_form():
+    from app.explore import decode_interventions, encode_interventions
+
+    items = [Rewind("fc1", 0), Rewind("res2.0", 4, include_buffers=False), ZeroUnits(("fc1[3]", "layer1.0.conv[17]"))]
+    text = encode_interventions(items)
+    assert text == "rewind:fc1@0+rewind:res2.0@4!nobuf+zero:fc1[3],layer1.0.conv[17]"
+    assert decode_interventions(text) == items
+    for bad in ("rewind:fc1", "zero:fc1", "rm:-rf", "rewind:fc1@x"):
+        assert decode_interventions(bad) == []
+
+
+def test_the_figure_download_is_an_svg_of_the_chart(monkeypatch, explorer_run):
+    from app.explore import _svg
+
+    at = _app(monkeypatch, explorer_run.path.parent).run()
+    svg = _svg(at.get("vega_lite_chart")[0].proto.spec)
+    assert svg.lstrip().startswith("<svg") and "Accuracy per epoch" in svg
+
+
+@pytest.mark.parametrize("mode", ["test", "drop"])
+def test_example_page_for_the_dropout_model(monkeypatch, explorer_run, mode):
+    from models.example_tied_dropout import dropout_mode
+
+    if not any(f.startswith("checkpoints/dropout/") for f in explorer_run.manifest()["files"]):
+        pytest.skip("the smoke run has no dropout model (stage `dropout` not in this memloc)")
+    example = 7
+    at = _app(monkeypatch, explorer_run.path.parent, page="example", example=str(example), model=mode).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="ex_model").value == mode
+    opened = open_run(explorer_run)
+    model = opened.model(variant="dropout")
+    with dropout_mode(model, mode):
+        expected = torch.softmax(predict(model, opened.data.train_x[[example]]), 1)[0].numpy()
+    np.testing.assert_allclose(_chart_data(at.get("vega_lite_chart")[0])["probability"].to_numpy(), expected, rtol=1e-5)
+    assert "dropout model" in at.markdown[1].value

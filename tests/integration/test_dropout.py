@@ -1,0 +1,129 @@
+"""Stage `dropout` on the `smoke` run: tables, checkpoints, explorer access, resume, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memloc.dropout
+from memloc import config as C
+from memloc.evaluate import population_metrics
+from memloc.runs import open_run
+from memloc.store import Run, RunError
+from models.example_tied_dropout import set_mode
+from precompute.stages import execute
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def test_dropout_tables_follow_the_contract(smoke_run):
+    cfg = C.from_dict(smoke_run.manifest()["config"])
+    modes = smoke_run.read_table("dropout")
+    assert list(modes.columns) == ["mode", "clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"]
+    assert modes["mode"].tolist() == ["train", "test", "drop", "plain"]
+    assert modes.set_index("mode").loc[["test", "drop", "plain"]].notna().all().all()
+    examples = smoke_run.read_table("dropout_examples")
+    assert list(examples.columns) == ["example_id", "mode", "prediction", "correct"]
+    n = cfg.data.train_size
+    assert len(examples) == 4 * n
+    train_label = smoke_run.read_labels()["train_label"]
+    for mode, part in examples.groupby("mode"):
+        assert part["example_id"].tolist() == list(range(n))
+        assert (part["correct"].to_numpy() == (part["prediction"].to_numpy() == train_label)).all()
+        is_noisy = smoke_run.read_labels()["is_noisy"]
+        row = modes.set_index("mode").loc[mode]
+        assert part["correct"].to_numpy()[is_noisy].mean() == pytest.approx(row["noisy_acc"])
+    # The plain rows are the main model's final numbers from the training table.
+    last = smoke_run.read_table("training").iloc[-1]
+    for key in ("clean_acc", "noisy_acc", "test_acc"):
+        assert modes.set_index("mode").loc["plain", key] == pytest.approx(last[key])
+
+
+def test_dropout_checkpoints_sit_beside_the_main_ones(smoke_run):
+    cfg = C.from_dict(smoke_run.manifest()["config"])
+    epochs = list(range(cfg.train.epochs + 1))
+    assert smoke_run.checkpoint_epochs() == epochs
+    assert smoke_run.checkpoint_epochs("dropout") == epochs
+    assert not smoke_run.has_state(memloc.dropout.STATE)
+    # Same initialization (the dropout layers add no parameters), different training.
+    init_a, init_b = smoke_run.read_checkpoint(0), smoke_run.read_checkpoint(0, model="dropout")
+    assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    last_a, last_b = smoke_run.read_checkpoint(epochs[-1]), smoke_run.read_checkpoint(epochs[-1], model="dropout")
+    assert not all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+
+def test_the_opened_dropout_model_gives_the_recorded_numbers(smoke_run):
+    opened = open_run(smoke_run)
+    model = opened.model(variant="dropout")
+    with pytest.raises(RuntimeError, match="needs a chosen mode"):
+        model(opened.data.train_x[:2])
+    recorded = smoke_run.read_table("dropout").set_index("mode")
+    for mode in ("test", "drop"):
+        set_mode(model, mode)
+        with torch.no_grad():
+            metrics = population_metrics(model(opened.data.train_x), model(opened.data.test_x), opened.labels, opened.data.test_y)
+        for key in ("clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"):
+            assert metrics[key] == pytest.approx(recorded.loc[mode, key]), (mode, key)
+    set_mode(model, "train")
+    with torch.no_grad():
+        logits = model(opened.data.train_x, example_ids=torch.arange(opened.data.num_train))
+    noisy = opened.labels.is_noisy
+    noisy_acc = (logits.argmax(1)[noisy] == opened.labels.train[noisy]).float().mean().item()
+    assert noisy_acc == pytest.approx(recorded.loc["train", "noisy_acc"])
+    with pytest.raises(RunError, match="variant must be one of main, dropout"):
+        opened.model(variant="other")
+
+
+def test_interrupted_dropout_stage_resumes_to_the_same_model(smoke_run, tmp_path, monkeypatch):
+    cfg = C.resolve("smoke", overrides=['stages=["train", "dropout"]'])
+    out = tmp_path / "interrupted"
+    real_epoch = memloc.dropout.train_epoch
+    calls = {"n": 0}
+
+    def epoch_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # "Ctrl-C" in the middle of the dropout model's epoch 2
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(memloc.dropout, "train_epoch", epoch_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, str(out), torch.device("cpu"), log=_quiet)
+    run = Run(out)
+    assert run.is_complete("train") and not run.is_complete("dropout")
+    assert run.checkpoint_epochs("dropout") == [0, 1] and run.has_state(memloc.dropout.STATE)
+
+    monkeypatch.setattr(memloc.dropout, "train_epoch", real_epoch)
+    execute(cfg, str(out), torch.device("cpu"), log=_quiet)
+    last = cfg.train.epochs
+    a, b = smoke_run.read_checkpoint(last, model="dropout"), run.read_checkpoint(last, model="dropout")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert run.read_table("dropout").equals(smoke_run.read_table("dropout"))
+    assert run.read_table("dropout_examples").equals(smoke_run.read_table("dropout_examples"))
+
+
+def test_dropout_stage_needs_the_main_model(tmp_path):
+    cfg = C.resolve("smoke", overrides=['stages=["dropout"]'])
+    with pytest.raises(RunError, match="run stage train first"):
+        execute(cfg, str(tmp_path / "alone"), torch.device("cpu"), log=_quiet)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["model.name=vit"], "dropout: model 'vit' has no example-tied dropout"),
+    (["dropout.p_mem=0"], "dropout.p_mem: a fraction in (0, 1), got 0"),
+    (["dropout.p_gen=1.0"], "dropout.p_gen: a fraction in (0, 1)"),
+    (['dropout.after=["fc7"]'], "dropout: mlp: example_tied_dropout.after must be distinct names from ['fc1', 'fc2']"),
+    (["dropout.epochs=1", "train.peak_epoch=2"], "dropout.epochs: at least train.peak_epoch=2.0"),
+    (["model.options.example_tied_dropout={p_mem = 0.2}"], "model.options.example_tied_dropout: unset"),
+])
+def test_bad_dropout_settings_are_config_errors(overrides, fragment):
+    with pytest.raises(C.ConfigError) as err:
+        C.resolve("demo", overrides=overrides)
+    assert fragment in str(err.value)
+
+
+def test_vit_runs_without_the_dropout_stage():
+    cfg = C.resolve("demo", overrides=["model.name=vit", 'stages=["train"]'])
+    assert cfg.stages == ("train",)

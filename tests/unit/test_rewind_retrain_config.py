@@ -1,0 +1,39 @@
+"""Config sections `rewind` and `retrain`: defaults, auto epochs, bad values rejected."""
+
+from __future__ import annotations
+
+import pytest
+
+from memloc import config as C
+
+
+def test_defaults_follow_the_paper_and_every_preset_runs_both_stages():
+    cfg = C.resolve("demo")
+    assert (cfg.retrain.lr, cfg.retrain.max_epochs, cfg.retrain.patience, cfg.retrain.peak_epoch) == (0.01, 20, 3, 10.0)
+    assert (cfg.retrain.momentum, cfg.retrain.weight_decay) == (0.9, 5e-4)
+    assert cfg.rewind.include_buffers
+    for preset in C.PRESETS:
+        stages = C.resolve(preset).stages
+        assert stages.index("train") < stages.index("rewind") < stages.index("retrain")
+
+
+def test_auto_rewind_epochs_are_0_1_then_every_second_and_the_last():
+    cfg = C.resolve("smoke", overrides=["train.epochs=9"])
+    assert cfg.rewind.epochs_for(cfg.train) == [0, 1, 2, 4, 6, 8, 9]
+    cfg = C.resolve("smoke", overrides=["rewind.epochs=3,0"])
+    assert cfg.rewind.epochs_for(cfg.train) == [0, 3]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rewind.epochs=[0, 4]", "rewind.epochs: epochs in 0..train.epochs=3"),
+    ("rewind.epochs=[-1]", "rewind.epochs: a list of epochs"),
+    ("rewind.include_buffers=1", "rewind.include_buffers: true or false"),
+    ("retrain.max_epochs=0", "retrain.max_epochs: an integer >= 1"),
+    ("retrain.peak_epoch=30.0", "retrain.peak_epoch: in \\(0, retrain.max_epochs=3\\]"),
+    ("retrain.patience=0", "retrain.patience: an integer >= 1"),
+    ("retrain.lr=0", "retrain.lr: a positive number"),
+    ("retrain.batch_size=-2", "retrain.batch_size"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.resolve("smoke", overrides=[override])
