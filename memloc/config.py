@@ -98,11 +98,6 @@ class GradientsConfig:
                                 "empty = the epoch where the lr peaks, the middle and the last")
     chunk_size: int = opt(256, "examples per batched pass of per-example gradient norms (bounds memory)")
 
-    def __post_init__(self):
-        # `--set gradients.example_epochs=10,30` arrives as strings; epochs are integers.
-        epochs = tuple(int(e) if isinstance(e, str) and e.isdigit() else e for e in self.example_epochs)
-        object.__setattr__(self, "example_epochs", epochs)
-
     def validate(self) -> None:
         ok = all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.example_epochs)
         _check(ok, "gradients.example_epochs", "a list of epochs (integers >= 0), e.g. [10, 25, 50]", list(self.example_epochs))
@@ -134,8 +129,7 @@ class FlipConfig:
     def validate(self) -> None:
         _check(self.n_noisy >= -1, "flip.n_noisy", "-1 (all) or a count >= 0", self.n_noisy)
         _check(self.n_clean >= -1, "flip.n_clean", "-1 (all) or a count >= 0", self.n_clean)
-        ok = all((isinstance(i, int) and not isinstance(i, bool) and i >= 0) or (isinstance(i, str) and i.isdigit())
-                 for i in self.example_ids)
+        ok = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.example_ids)
         _check(ok, "flip.example_ids", "a list of training example ids (integers >= 0)", list(self.example_ids))
         _check(self.batch_size >= 2, "flip.batch_size", "an integer >= 2 (the target and at least one other)", self.batch_size)
         _check(self.cap >= 1, "flip.cap", "an integer >= 1", self.cap)
@@ -195,11 +189,6 @@ class RewindConfig:
     epochs: tuple = opt((), "checkpoints each layer group is rewound to; empty = 0, 1, 2, 4, 6, ... and the last epoch")
     include_buffers: bool = opt(True, "rewind BatchNorm running statistics with the parameters (false: parameters only, the authors' variant)")
     cache_mb: int = opt(1024, "memory (MiB) for the activations in front of the rewound group, computed once per group; more data runs in chunks")
-
-    def __post_init__(self):
-        # `--set rewind.epochs=0,5` arrives as strings; epochs are integers.
-        epochs = tuple(int(e) if isinstance(e, str) and e.isdigit() else e for e in self.epochs)
-        object.__setattr__(self, "epochs", epochs)
 
     def validate(self) -> None:
         ok = all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.epochs)
@@ -444,8 +433,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif kind is str:
         _check(isinstance(value, str), key, "a string", value)
     elif kind is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # `--set rewind.epochs=0,5`: each item read like a value
+            value = [parse_override(f"v={v}")[1] for v in value.split(",") if v.strip()]
         _check(isinstance(value, (list, tuple)), key, "a list, e.g. [\"train\"]", value)
         value = tuple(value)
     return value

@@ -133,6 +133,10 @@ class Run:
         }
         self._write_manifest(manifest)
 
+    def update_config(self, config: dict[str, Any]) -> None:
+        """Replace the recorded config (the runner adds settings of stages a run predates)."""
+        self._update(lambda m: m.__setitem__("config", config))
+
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 

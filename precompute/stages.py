@@ -44,7 +44,14 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
     return {key: round(float(last[key]), 4) for key in ("clean_acc", "noisy_acc", "noisy_true_acc", "test_acc")}
 
 
-STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {"train": train_stage, "example_gradients": example_gradients_stage, "rewind": rewind_stage, "retrain": retrain_stage, "flip": flip_stage, "dropout": dropout_stage}
+STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "train": train_stage,
+    "example_gradients": example_gradients_stage,
+    "rewind": rewind_stage,
+    "retrain": retrain_stage,
+    "flip": flip_stage,
+    "dropout": dropout_stage,
+}
 
 #: Config keys that say where things are, not what is computed; a run may resume with others.
 _LOCATION_KEYS = {("data", "root"), ("data", "download")}
@@ -58,8 +65,15 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys whose value in the run's config `a` differs from the config `b` asked for now.
+
+    Keys the run's config lacks (settings of stages added to memloc after the run was made)
+    are no difference: the run takes today's values for them.
+    """
     diffs = []
     for key in sorted(set(a) | set(b)):
+        if key not in a and not prefix.startswith("model.options"):
+            continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs += _differences(va, vb, f"{prefix}{key}.")
@@ -85,6 +99,7 @@ def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str],
                 )
             if manifest["data_fingerprint"] != fingerprint:
                 raise RunError(f"{run.path} was trained on different {cfg.data.name} data (fingerprint mismatch); choose another --out")
+            run.update_config(cfg.to_dict())  # records the settings of stages the run predates
             log(f"resuming {run.path}")
         else:
             run.create(cfg.to_dict(), fingerprint, cfg.train.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,12 @@ def test_cli_help_documents_every_key():
 def test_cli_list_without_runs_says_how_to_make_one(tmp_path):
     result = _cli("list", str(tmp_path / "empty"))
     assert result.returncode == 0 and "python -m precompute run --preset demo" in result.stdout
+
+
+def test_a_run_made_before_a_stage_existed_takes_todays_settings_for_it(smoke_copy):
+    manifest_file = smoke_copy.path / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["config"]["flip"]  # as if the run predates the flip stage
+    manifest_file.write_text(json.dumps(manifest))
+    execute(C.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
+    assert smoke_copy.manifest()["config"]["flip"] == C.resolve("smoke").to_dict()["flip"]

@@ -89,3 +89,10 @@ def test_stage_names_match_the_precompute_stages():
     from precompute.stages import STAGES
 
     assert tuple(STAGES) == C.STAGES
+
+
+def test_comma_lists_from_the_command_line_are_read_as_values():
+    cfg = C.resolve("demo", overrides=["rewind.epochs=0,5", "flip.example_ids=3, 7", "stages=train,rewind"])
+    assert cfg.rewind.epochs == (0, 5) and cfg.flip.example_ids == (3, 7) and cfg.stages == ("train", "rewind")
+    with pytest.raises(C.ConfigError, match="rewind.epochs"):
+        C.resolve("demo", overrides=["rewind.epochs=0,x"])
