@@ -51,7 +51,7 @@ def _targets(ctx: StageContext, model: torch.nn.Module) -> list[int]:
     cfg = ctx.config.flip
     n_train = ctx.data.num_train
     if cfg.example_ids:
-        ids = [int(i) for i in cfg.example_ids]
+        ids = list(cfg.example_ids)
         bad = [i for i in ids if i >= n_train]
         if bad:
             raise ConfigError(f"flip.example_ids: ids of training examples (0..{n_train - 1}), got {bad[0]}")

@@ -59,7 +59,7 @@ chart = (
     alt.Chart(long, title="Accuracy per epoch")
     .mark_line(point=False)
     .encode(
-        x=alt.X("epoch:Q", title="epoch"),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("population:N", title=None, legend=alt.Legend(orient="bottom")),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),

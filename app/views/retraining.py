@@ -36,7 +36,7 @@ def curves_panel():
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("epoch:Q", title="retraining epoch (0 = after the reset)"),
+            x=alt.X("epoch:Q", title="retraining epoch (0 = after the reset)", axis=alt.Axis(tickMinStep=1)),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=color,
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1)),

@@ -243,7 +243,7 @@ def test_flip_config_is_validated():
         C.resolve("smoke", overrides=["flip.cap=0"])
     with pytest.raises(C.ConfigError, match="flip.example_ids"):
         C.resolve("smoke", overrides=['flip.example_ids=["a"]'])
-    assert C.resolve("smoke", overrides=["flip.example_ids=3,5"]).flip.example_ids == ("3", "5")
+    assert C.resolve("smoke", overrides=["flip.example_ids=3,5"]).flip.example_ids == (3, 5)
 
 
 def test_example_ids_out_of_range_are_a_clear_error(smoke_copy):
