@@ -34,7 +34,7 @@ from memloc.data import Dataset
 from memloc.evaluate import Labels, population_metrics
 from memloc.schedule import one_cycle_lr
 from memloc.store import Run
-from memloc.train import _momentum_state, _restore_momentum, make_optimizer, train_epoch
+from memloc.train import momentum_state, restore_momentum, make_optimizer, train_epoch
 from models.example_tied_dropout import dropout_mode
 
 STATE = "dropout"  # name of the resume state in the run store
@@ -67,7 +67,7 @@ def train_dropout_model(run: Run, model: nn.Module, data: Dataset, labels: Label
         tensors, meta = run.read_state(STATE, data.train_x.device)
         done = int(meta["epoch"])
         model.load_state_dict(run.read_checkpoint(done, data.train_x.device, CHECKPOINTS))
-        _restore_momentum(model, optimizer, tensors)
+        restore_momentum(model, optimizer, tensors)
         rows = json.loads(meta["rows"])
         start = done + 1
     else:
@@ -80,7 +80,7 @@ def train_dropout_model(run: Run, model: nn.Module, data: Dataset, labels: Label
                      "lr": one_cycle_lr(epoch * steps_per_epoch - 1, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr),
                      "train_loss": stats.loss.mean().item(), "seconds": time.perf_counter() - t0})
         run.write_checkpoint(epoch, model.state_dict(), CHECKPOINTS)
-        run.write_state(STATE, _momentum_state(model, optimizer),
+        run.write_state(STATE, momentum_state(model, optimizer),
                         {"epoch": str(epoch), "rows": json.dumps(rows)})
         run.update_stage("dropout", status="running", epochs_done=epoch)
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}")

@@ -99,7 +99,8 @@ def train_epoch(
     return stats
 
 
-def _momentum_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def momentum_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """SGD's momentum buffers by parameter name, for a resume state (`restore_momentum` reads them)."""
     out = {}
     for name, p in model.named_parameters():
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
@@ -108,7 +109,8 @@ def _momentum_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return out
 
 
-def _restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Put momentum buffers saved by `momentum_state` back into `optimizer`."""
     for name, p in model.named_parameters():
         buf = tensors.get(f"momentum.{name}")
         if buf is not None:
@@ -154,7 +156,7 @@ def train_run(
         tensors, meta = run.read_state(STATE, device)
         done = int(meta["epoch"])
         model.load_state_dict(run.read_checkpoint(done, device))
-        _restore_momentum(model, optimizer, tensors)
+        restore_momentum(model, optimizer, tensors)
         ex_loss[:done] = tensors["ex_loss"][:done]
         ex_correct[:done] = tensors["ex_correct"][:done].bool()
         rows = json.loads(meta["rows"])
@@ -181,7 +183,7 @@ def train_run(
             on_epoch(epoch)
         run.write_state(
             STATE,
-            {**_momentum_state(model, optimizer), "ex_loss": ex_loss, "ex_correct": ex_correct.to(torch.uint8)},
+            {**momentum_state(model, optimizer), "ex_loss": ex_loss, "ex_correct": ex_correct.to(torch.uint8)},
             {"epoch": str(epoch), "rows": json.dumps(rows)},
         )
         run.update_stage("train", status="running", epochs_done=epoch)
