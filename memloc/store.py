@@ -224,12 +224,16 @@ class Run:
         flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         self._put(rel, st_save(flat, metadata=metadata))
 
-    def _get_tensors(self, rel: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+    def _get_tensors(self, rel: str, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors of a verified safetensors artifact, and its string metadata."""
+        data = self._get(rel)
         try:
-            tensors = st_load(self._get(rel))
+            tensors = st_load(data)
         except SafetensorError as e:
             raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); run precompute again") from None
-        return {k: v.to(device) for k, v in tensors.items()}
+        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then a JSON header
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        return {k: v.to(device) for k, v in tensors.items()}, metadata
 
     @staticmethod
     def _checkpoint_prefix(model: str | None) -> str:
@@ -249,7 +253,7 @@ class Run:
         self._put_tensors(self._checkpoint_rel(epoch, model), state, {"epoch": str(epoch)})
 
     def read_checkpoint(self, epoch: int, device: str | torch.device = "cpu", model: str | None = None) -> dict[str, torch.Tensor]:
-        return self._get_tensors(self._checkpoint_rel(epoch, model), device)
+        return self._get_tensors(self._checkpoint_rel(epoch, model), device)[0]
 
     def checkpoint_epochs(self, model: str | None = None) -> list[int]:
         prefix = self._checkpoint_prefix(model)
@@ -260,12 +264,7 @@ class Run:
         self._put_tensors(f"state/{name}.safetensors", tensors, metadata)
 
     def read_state(self, name: str, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        rel = f"state/{name}.safetensors"
-        tensors = self._get_tensors(rel, device)
-        data = (self.path / rel).read_bytes()  # verified by _get_tensors just above
-        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, JSON header
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        return tensors, metadata
+        return self._get_tensors(f"state/{name}.safetensors", device)
 
     def has_state(self, name: str) -> bool:
         return self.has(f"state/{name}.safetensors")
