@@ -14,6 +14,7 @@ the training forward pass itself (`reduction="none"`, no extra pass).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from memloc.data import Dataset, augment
 from memloc.evaluate import Labels, evaluate
 from memloc.schedule import one_cycle_lr
 from memloc.store import Run
+from models.example_tied_dropout import mask_table
 
 STATE = "train"  # name of the resume state in the run store
 
@@ -80,22 +82,25 @@ def train_epoch(
     order = torch.randperm(n, generator=gen).to(device)
     stats = EpochStats(torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device))
     model.train()
-    for i, ids in enumerate(order.split(cfg.batch_size)):
-        lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = data.train_x[ids]  # (B, C, H, W)
-        if augment_batches:
-            x = augment(x, gen)
-        y = train_labels[ids]
-        # Models with example-tied dropout (PAPER.md section 5) mask by example id.
-        logits = model(x, example_ids=ids) if getattr(model, "takes_example_ids", False) else model(x)
-        loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
-        optimizer.zero_grad(set_to_none=True)
-        backward(loss, ids)
-        optimizer.step()
-        stats.loss[ids] = loss.detach()
-        stats.correct[ids] = logits.detach().argmax(1) == y
+    takes_ids = getattr(model, "takes_example_ids", False)
+    # Example-tied dropout (PAPER.md section 5) masks by example id; the ids here are rows
+    # 0..n-1 of the training set, so the layers may read their masks from bit tables.
+    with mask_table(model, n, device) if takes_ids else contextlib.nullcontext():
+        for i, ids in enumerate(order.split(cfg.batch_size)):
+            lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = data.train_x[ids]  # (B, C, H, W)
+            if augment_batches:
+                x = augment(x, gen)
+            y = train_labels[ids]
+            logits = model(x, example_ids=ids) if takes_ids else model(x)
+            loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
+            optimizer.zero_grad(set_to_none=True)
+            backward(loss, ids)
+            optimizer.step()
+            stats.loss[ids] = loss.detach()
+            stats.correct[ids] = logits.detach().argmax(1) == y
     return stats
 
 

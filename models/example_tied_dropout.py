@@ -10,9 +10,16 @@ keyed by (seed, layer) at counter (i, c) is below `p_mem`. The masks are therefo
   order or composition, on every device;
 - computed for the batch with a few integer tensor ops (no Python loop over examples, no
   global generator), for any number of examples;
-- never stored: the layer holds no per-example state, so its memory does not grow with the
-  size of the training set (the authors' dense float table was (N, C, H, W), about 15 GB for
-  one 64x32x32 layer of CIFAR-10).
+- not stored by default: the layer holds no per-example state, so its memory does not grow
+  with the size of the training set (the authors' dense float table was (N, C, H, W), about
+  15 GB for one 64x32x32 layer of CIFAR-10).
+
+The training loop, whose ids are the rows 0..N-1 of the training set, lets the layers keep the
+masks of those N examples as bit tables (`mask_table`): N x C bits, rounded up to whole bytes
+per example (0.4 MiB for that CIFAR-10 layer). A batch's masks are then a gather and a
+byte-to-bits lookup instead of the dozen integer ops of the hash, which matters for small
+models whose step takes a millisecond. The tables are filled from the hash, so masks are the
+same with and without them.
 
 The generator is SplitMix64 (Steele, Lea, Flood 2014): the counter `(i * J + j) * GAMMA + key`
 (a distinct 64-bit state per example and hash index j < J = ceil(C / 4)) goes through the
@@ -39,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MODES = ("train", "test", "drop")
@@ -173,6 +181,8 @@ class ExampleTiedDropout(nn.Module):
         # for the generalization units, `keep_threshold(p_mem)` for the memorization units.
         self._thresholds = [(1 << (_FIELD_BITS - 1)) - 1] * self.n_gen + [keep_threshold(p_mem)] * (channels - self.n_gen)
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bits: torch.Tensor | None = None  # (N, ceil(C/8)) uint8: masks of ids 0..N-1, see mask_table
+        self.reads_table = False  # True only inside `mask_table`: masks come from `_bits`
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, generalization={self.n_gen}, p_gen={self.p_gen}, "
@@ -202,13 +212,37 @@ class ExampleTiedDropout(nn.Module):
         offsets, thresholds_plus_one = self._device_constants(example_ids.device)
         return self._fields(example_ids, offsets) < thresholds_plus_one  # (B, C)
 
+    def build_table(self, num_examples: int, device: torch.device) -> None:
+        """Keep the masks of ids 0..num_examples-1 as a bit table on `device` (see `mask_table`).
+
+        Row i, byte b, bit k is unit 8b + k of example i's mask, filled from `keep` a chunk of
+        examples at a time. The table is not state (not in the state dict): it is a function
+        of (seed, layer, N), rebuilt when needed. Nothing is done if it already exists.
+        """
+        if self._bits is not None and len(self._bits) == num_examples and self._bits.device == device:
+            return
+        width = -(-self.channels // 8)
+        weights = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=device)
+        table = torch.empty(num_examples, width, dtype=torch.uint8, device=device)
+        for ids in torch.arange(num_examples, device=device).split(8192):
+            keep = torch.zeros(len(ids), width * 8, dtype=torch.uint8, device=device)
+            keep[:, : self.channels] = self.keep(ids)
+            table[ids] = (keep.view(len(ids), width, 8) * weights).sum(-1, dtype=torch.uint8)
+        self._bits = table
+
     def mask(self, example_ids: torch.Tensor) -> torch.Tensor:
         """(B,) example ids -> (B, C) float32 mask of 1s and 0s, equal to `keep(ids).float()`.
 
-        Computed as clamp(threshold + 1 - field, 0, 1): for integers that is 1 exactly when
-        field <= threshold and 0 otherwise. On CPUs a comparison that makes a bool tensor,
-        and its conversion to float, cost about three times this path.
+        Inside `mask_table`, from the bit table: each gathered byte is turned into its eight
+        0/1 floats by indexing a (256, 8) table of all bytes' bits. Otherwise from the
+        hash, as clamp(threshold + 1 - field, 0, 1): for integers that is 1 exactly when
+        field <= threshold and 0 otherwise (on CPUs a comparison that makes a bool tensor,
+        and its conversion to float, cost about three times this path).
         """
+        if self.reads_table:
+            bytes_ = self._bits.index_select(0, example_ids).long()  # (B, ceil(C/8))
+            bits = F.embedding(bytes_, _byte_bits(example_ids.device)).flatten(1)  # (B, 8 ceil(C/8))
+            return bits if bits.shape[1] == self.channels else bits[:, : self.channels]  # (B, C)
         offsets, thresholds_plus_one = self._device_constants(example_ids.device)
         fields = self._fields(example_ids, offsets).to(torch.float32)  # (B, C), exact integers
         return (thresholds_plus_one - fields).clamp_(0.0, 1.0)  # (B, C)
@@ -238,14 +272,50 @@ class ExampleTiedDropout(nn.Module):
                     f"example-tied dropout in its train mode needs example_ids of shape ({x.shape[0]},), "
                     f"got {None if example_ids is None else tuple(example_ids.shape)}"
                 )
-            mask = self.mask(example_ids).to(x.dtype)  # (B, C); a no-op for float32
+            mask = self.mask(example_ids)  # (B, C) float32
+            if mask.dtype != x.dtype:
+                mask = mask.to(x.dtype)
         else:
             mask = self.scale(mode, x.dtype, x.device)[None, :]  # (1, C)
-        return x * mask.view(*mask.shape, *([1] * (x.dim() - 2)))  # (B, C, ...) times (B|1, C, 1...)
+        if x.dim() > 2:
+            mask = mask.view(*mask.shape, *([1] * (x.dim() - 2)))  # (B|1, C, 1, ...)
+        return x * mask  # (B, C, ...)
+
+
+_BYTE_BITS: dict[torch.device, torch.Tensor] = {}
+
+
+def _byte_bits(device: torch.device) -> torch.Tensor:
+    """(256, 8) float32: row b holds the bits of byte b, lowest first."""
+    if device not in _BYTE_BITS:
+        b = torch.arange(256, device=device)[:, None]
+        _BYTE_BITS[device] = ((b >> torch.arange(8, device=device)) & 1).to(torch.float32)
+    return _BYTE_BITS[device]
 
 
 def dropout_layers(model: nn.Module) -> list[ExampleTiedDropout]:
     return [m for m in model.modules() if isinstance(m, ExampleTiedDropout)]
+
+
+@contextlib.contextmanager
+def mask_table(model: nn.Module, num_examples: int, device: torch.device) -> Iterator[nn.Module]:
+    """While the block runs, `model`'s example-tied dropout layers read masks from bit tables.
+
+    The caller promises that every example id it passes is a row 0..num_examples-1 (the
+    training loop's ids index its training set); an id outside makes the gather raise (an
+    IndexError on a CPU, a device-side assert on a GPU), it is never silently wrong. The
+    tables (N x C bits per layer, rounded up to whole bytes per example) are built from the
+    hash on first use and kept by the layers, so the epochs of one training build them once.
+    """
+    layers = dropout_layers(model)
+    for layer in layers:
+        layer.build_table(num_examples, torch.device(device))
+        layer.reads_table = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.reads_table = False
 
 
 def set_mode(model: nn.Module, mode: str | None) -> nn.Module:

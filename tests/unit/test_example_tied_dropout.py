@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -107,8 +108,9 @@ def test_mode_is_explicit():
 
 
 def test_memory_does_not_grow_with_the_number_of_examples():
-    """The layer has no parameters, buffers or per-example state; what it caches is a function
-    of the channel count only, whatever ids it has seen."""
+    """Outside the training loop's bit tables the layer has no parameters, buffers or
+    per-example state; what it caches is a function of the channel count only, whatever ids
+    it has seen."""
     lay = layer(channels=256)
     assert not list(lay.parameters()) and not list(lay.buffers()) and not lay.state_dict()
 
@@ -120,6 +122,63 @@ def test_memory_does_not_grow_with_the_number_of_examples():
     for start in (0, 73_257, 10**9):  # SVHN's size and far beyond
         lay.keep(torch.arange(start, start + 50_000))
     assert held_bytes() == small == 64 * 8 + 256 * 4  # 64 hash offsets (int64), 256 thresholds (float32)
+
+
+@pytest.mark.parametrize("channels", [40, 13])  # 13: the last byte of a row is partly padding
+def test_bit_tables_give_the_hash_masks_and_hold_n_times_c_bits(channels):
+    """Inside `mask_table` the masks come from a table of ceil(C/8) bytes per example (the
+    issue allows at most N x C bits; rows are rounded up to whole bytes), equal to the hash's
+    masks in any batch order; the table is not state, and outside the block the hash is used."""
+    model = torch.nn.Sequential(layer(channels=channels), layer(channels=channels, index=1)).train()
+    n = 1000
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    expected = [lay.mask(ids) for lay in model]
+    with etd.mask_table(model, n, torch.device("cpu")):
+        assert all(lay.reads_table for lay in model)
+        for lay, mask in zip(model, expected):
+            assert torch.equal(lay.mask(ids), mask)
+            assert torch.equal(lay.mask(ids[:1]), mask[:1])
+            assert lay._bits.dtype == torch.uint8 and lay._bits.shape == (n, -(-channels // 8))
+            assert lay._bits.numel() * 8 < n * (channels + 8)
+        with pytest.raises(IndexError):  # an id that is no row of the table is an error, never a wrong mask
+            model[0].mask(torch.tensor([n]))
+    assert not any(lay.reads_table for lay in model) and not model.state_dict()
+    assert torch.equal(model[0].mask(ids), expected[0])
+    tables = [lay._bits for lay in model]
+    with etd.mask_table(model, n, torch.device("cpu")):  # kept for the next epoch, not rebuilt
+        assert all(lay._bits is table for lay, table in zip(model, tables))
+
+
+def test_training_with_bit_tables_equals_training_with_the_hash():
+    """An epoch of `train_epoch` (which reads the bit tables) gives bitwise the weights of the
+    same epoch written out with the hash's masks."""
+    from memloc import config as C
+    from memloc.data import Dataset
+    from memloc.schedule import one_cycle_lr
+    from memloc.train import epoch_generator, make_optimizer, train_epoch
+
+    torch.manual_seed(0)
+    model = models.build("mlp", (1, 4, 4), 3, hidden=[16, 16], example_tied_dropout={"p_mem": 0.3})
+    gen = torch.Generator().manual_seed(0)
+    data = Dataset("toy", torch.randn(50, 1, 4, 4, generator=gen), torch.randint(0, 3, (50,), generator=gen),
+                   torch.randn(5, 1, 4, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen), ("a", "b", "c"))
+    cfg = C.TrainConfig(epochs=2, batch_size=16, peak_epoch=1.0)
+    by_hash = copy.deepcopy(model)
+    train_epoch(model, make_optimizer(model.parameters(), cfg), data, data.train_y, cfg, 1)
+    assert all(lay._bits is not None for lay in etd.dropout_layers(model))
+
+    optimizer = make_optimizer(by_hash.parameters(), cfg)
+    order = torch.randperm(50, generator=epoch_generator(cfg.seed, 1))
+    for i, ids in enumerate(order.split(16)):
+        for group in optimizer.param_groups:
+            group["lr"] = one_cycle_lr(i, 4, cfg.epochs, cfg.peak_epoch, cfg.lr)
+        loss = F.cross_entropy(by_hash(data.train_x[ids], example_ids=ids), data.train_y[ids], reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        optimizer.step()
+    assert all(lay._bits is None for lay in etd.dropout_layers(by_hash))
+    for (name, a), b in zip(model.state_dict().items(), by_hash.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def naive_dense_table(lay, n_examples):
