@@ -84,7 +84,7 @@ def train_epoch(
     model.train()
     takes_ids = getattr(model, "takes_example_ids", False)
     # Example-tied dropout (PAPER.md section 5) masks by example id; the ids here are rows
-    # 0..n-1 of the training set, so the layers may read their masks from bit tables.
+    # 0..n-1 of the training set, so the layers may read their masks from a bit table.
     with mask_table(model, n, device) if takes_ids else contextlib.nullcontext():
         for i, ids in enumerate(order.split(cfg.batch_size)):
             lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)

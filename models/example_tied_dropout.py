@@ -15,11 +15,11 @@ keyed by (seed, layer) at counter (i, c) is below `p_mem`. The masks are therefo
   15 GB for one 64x32x32 layer of CIFAR-10).
 
 The training loop, whose ids are the rows 0..N-1 of the training set, lets the layers keep the
-masks of those N examples as bit tables (`mask_table`): N x C bits, rounded up to whole bytes
-per example (0.4 MiB for that CIFAR-10 layer). A batch's masks are then a gather and a
-byte-to-bits lookup instead of the dozen integer ops of the hash, which matters for small
-models whose step takes a millisecond. The tables are filled from the hash, so masks are the
-same with and without them.
+masks of those N examples as one bit table (`mask_table`, `MaskTable`): N x C bits per layer,
+rounded up to whole bytes per example (0.4 MiB for that CIFAR-10 layer). A batch's masks at
+all layers are then one gather and one byte-to-bits lookup instead of a dozen integer ops per
+layer, which matters for small models whose step takes a millisecond. The table is filled
+from the hash, so masks are the same with and without it.
 
 The generator is SplitMix64 (Steele, Lea, Flood 2014): the counter `(i * J + j) * GAMMA + key`
 (a distinct 64-bit state per example and hash index j < J = ceil(C / 4)) goes through the
@@ -181,8 +181,9 @@ class ExampleTiedDropout(nn.Module):
         # for the generalization units, `keep_threshold(p_mem)` for the memorization units.
         self._thresholds = [(1 << (_FIELD_BITS - 1)) - 1] * self.n_gen + [keep_threshold(p_mem)] * (channels - self.n_gen)
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._bits: torch.Tensor | None = None  # (N, ceil(C/8)) uint8: masks of ids 0..N-1, see mask_table
-        self.reads_table = False  # True only inside `mask_table`: masks come from `_bits`
+        self._table: MaskTable | None = None  # the masks of ids 0..N-1 as bits, see `mask_table`
+        self._table_column = 0  # where this layer's units start in the table's unpacked rows
+        self.reads_table = False  # True only inside `mask_table`: masks come from `_table`
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, generalization={self.n_gen}, p_gen={self.p_gen}, "
@@ -212,37 +213,25 @@ class ExampleTiedDropout(nn.Module):
         offsets, thresholds_plus_one = self._device_constants(example_ids.device)
         return self._fields(example_ids, offsets) < thresholds_plus_one  # (B, C)
 
-    def build_table(self, num_examples: int, device: torch.device) -> None:
-        """Keep the masks of ids 0..num_examples-1 as a bit table on `device` (see `mask_table`).
-
-        Row i, byte b, bit k is unit 8b + k of example i's mask, filled from `keep` a chunk of
-        examples at a time. The table is not state (not in the state dict): it is a function
-        of (seed, layer, N), rebuilt when needed. Nothing is done if it already exists.
-        """
-        if self._bits is not None and len(self._bits) == num_examples and self._bits.device == device:
-            return
+    def packed_keep(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) ids -> (B, ceil(C/8)) uint8: bit k of byte b is unit 8b + k of the mask."""
         width = -(-self.channels // 8)
-        weights = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=device)
-        table = torch.empty(num_examples, width, dtype=torch.uint8, device=device)
-        for ids in torch.arange(num_examples, device=device).split(8192):
-            keep = torch.zeros(len(ids), width * 8, dtype=torch.uint8, device=device)
-            keep[:, : self.channels] = self.keep(ids)
-            table[ids] = (keep.view(len(ids), width, 8) * weights).sum(-1, dtype=torch.uint8)
-        self._bits = table
+        keep = torch.zeros(len(example_ids), width * 8, dtype=torch.uint8, device=example_ids.device)
+        keep[:, : self.channels] = self.keep(example_ids)
+        weights = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=example_ids.device)
+        return (keep.view(len(example_ids), width, 8) * weights).sum(-1, dtype=torch.uint8)
 
     def mask(self, example_ids: torch.Tensor) -> torch.Tensor:
         """(B,) example ids -> (B, C) float32 mask of 1s and 0s, equal to `keep(ids).float()`.
 
-        Inside `mask_table`, from the bit table: each gathered byte is turned into its eight
-        0/1 floats by indexing a (256, 8) table of all bytes' bits. Otherwise from the
-        hash, as clamp(threshold + 1 - field, 0, 1): for integers that is 1 exactly when
-        field <= threshold and 0 otherwise (on CPUs a comparison that makes a bool tensor,
-        and its conversion to float, cost about three times this path).
+        Inside `mask_table`, this layer's columns of the batch's masks at all layers
+        (`MaskTable.masks`). Otherwise from the hash, as clamp(threshold + 1 - field, 0, 1):
+        for integers that is 1 exactly when field <= threshold and 0 otherwise (on CPUs a
+        comparison that makes a bool tensor, and its conversion to float, cost about three
+        times this path).
         """
         if self.reads_table:
-            bytes_ = self._bits.index_select(0, example_ids).long()  # (B, ceil(C/8))
-            bits = F.embedding(bytes_, _byte_bits(example_ids.device)).flatten(1)  # (B, 8 ceil(C/8))
-            return bits if bits.shape[1] == self.channels else bits[:, : self.channels]  # (B, C)
+            return self._table.masks(example_ids)[:, self._table_column : self._table_column + self.channels]
         offsets, thresholds_plus_one = self._device_constants(example_ids.device)
         fields = self._fields(example_ids, offsets).to(torch.float32)  # (B, C), exact integers
         return (thresholds_plus_one - fields).clamp_(0.0, 1.0)  # (B, C)
@@ -297,23 +286,63 @@ def dropout_layers(model: nn.Module) -> list[ExampleTiedDropout]:
     return [m for m in model.modules() if isinstance(m, ExampleTiedDropout)]
 
 
+class MaskTable:
+    """The masks of examples 0..N-1 at every example-tied dropout layer of a model, as bits.
+
+    Row i holds example i's masks layer after layer, ceil(C/8) bytes per layer (bit k of a
+    layer's byte b is its unit 8b + k): N x C bits per layer, rounded up to whole bytes, the
+    most the issue allows a cache to hold. The rows are filled from the hash (`keep`), so the
+    masks are the same as without the table. A batch's masks at all layers are one gather of
+    its rows and one lookup of each byte's eight bits, done when the first layer asks; the
+    other layers of the same forward pass get the same ids tensor and take their columns of
+    that result.
+    """
+
+    def __init__(self, layers: list[ExampleTiedDropout], num_examples: int, device: torch.device):
+        self.layers, self.num_examples, self.device = list(layers), num_examples, device
+        widths = [-(-layer.channels // 8) for layer in self.layers]
+        self.bits = torch.empty(num_examples, sum(widths), dtype=torch.uint8, device=device)
+        for ids in torch.arange(num_examples, device=device).split(8192):
+            self.bits[ids] = torch.cat([layer.packed_keep(ids) for layer in self.layers], 1)
+        self.columns = [8 * sum(widths[:i]) for i in range(len(widths))]  # each layer's first unit
+        self._batch: tuple[torch.Tensor, int, torch.Tensor] | None = None  # ids, their version, masks
+
+    def serves(self, layers: list[ExampleTiedDropout], num_examples: int, device: torch.device) -> bool:
+        return self.layers == layers and self.num_examples == num_examples and self.device == device
+
+    def masks(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) ids -> (B, 8 x row bytes) float32 masks of all layers side by side."""
+        if self._batch is None or self._batch[0] is not example_ids or self._batch[1] != example_ids._version:
+            bytes_ = self.bits.index_select(0, example_ids).long()  # (B, row bytes)
+            masks = F.embedding(bytes_, _byte_bits(example_ids.device)).flatten(1)  # (B, 8 x row bytes)
+            self._batch = (example_ids, example_ids._version, masks)
+        return self._batch[2]
+
+    def forget_batch(self) -> None:
+        self._batch = None
+
+
 @contextlib.contextmanager
 def mask_table(model: nn.Module, num_examples: int, device: torch.device) -> Iterator[nn.Module]:
-    """While the block runs, `model`'s example-tied dropout layers read masks from bit tables.
+    """While the block runs, `model`'s example-tied dropout layers read masks from a `MaskTable`.
 
     The caller promises that every example id it passes is a row 0..num_examples-1 (the
     training loop's ids index its training set); an id outside makes the gather raise (an
-    IndexError on a CPU, a device-side assert on a GPU), it is never silently wrong. The
-    tables (N x C bits per layer, rounded up to whole bytes per example) are built from the
-    hash on first use and kept by the layers, so the epochs of one training build them once.
+    IndexError on a CPU, a device-side assert on a GPU), it is never silently wrong. The table
+    is built on first use and kept by the layers, so the epochs of one training build it once.
     """
-    layers = dropout_layers(model)
-    for layer in layers:
-        layer.build_table(num_examples, torch.device(device))
-        layer.reads_table = True
+    layers, device = dropout_layers(model), torch.device(device)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no example-tied dropout layers")
+    table = layers[0]._table
+    if table is None or not table.serves(layers, num_examples, device):
+        table = MaskTable(layers, num_examples, device)
+    for layer, column in zip(layers, table.columns):
+        layer._table, layer._table_column, layer.reads_table = table, column, True
     try:
         yield model
     finally:
+        table.forget_batch()
         for layer in layers:
             layer.reads_table = False
 

@@ -108,7 +108,7 @@ def test_mode_is_explicit():
 
 
 def test_memory_does_not_grow_with_the_number_of_examples():
-    """Outside the training loop's bit tables the layer has no parameters, buffers or
+    """Outside the training loop's mask table the layer has no parameters, buffers or
     per-example state; what it caches is a function of the channel count only, whatever ids
     it has seen."""
     lay = layer(channels=256)
@@ -124,33 +124,38 @@ def test_memory_does_not_grow_with_the_number_of_examples():
     assert held_bytes() == small == 64 * 8 + 256 * 4  # 64 hash offsets (int64), 256 thresholds (float32)
 
 
-@pytest.mark.parametrize("channels", [40, 13])  # 13: the last byte of a row is partly padding
-def test_bit_tables_give_the_hash_masks_and_hold_n_times_c_bits(channels):
-    """Inside `mask_table` the masks come from a table of ceil(C/8) bytes per example (the
-    issue allows at most N x C bits; rows are rounded up to whole bytes), equal to the hash's
-    masks in any batch order; the table is not state, and outside the block the hash is used."""
-    model = torch.nn.Sequential(layer(channels=channels), layer(channels=channels, index=1)).train()
+def test_the_mask_table_gives_the_hash_masks_and_holds_n_times_c_bits():
+    """Inside `mask_table` the masks come from one table of ceil(C/8) bytes per example and
+    layer (the issue allows at most N x C bits; rows are rounded up to whole bytes), equal to
+    the hash's masks in any batch order; it is not state, and outside the block the hash is used."""
+    model = torch.nn.Sequential(layer(channels=40), layer(channels=13, index=1), layer(channels=24, index=2)).train()
     n = 1000
     ids = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     expected = [lay.mask(ids) for lay in model]
     with etd.mask_table(model, n, torch.device("cpu")):
         assert all(lay.reads_table for lay in model)
+        table = model[0]._table
+        assert table.bits.dtype == torch.uint8 and table.bits.shape == (n, 5 + 2 + 3)
         for lay, mask in zip(model, expected):
+            assert lay._table is table
             assert torch.equal(lay.mask(ids), mask)
             assert torch.equal(lay.mask(ids[:1]), mask[:1])
-            assert lay._bits.dtype == torch.uint8 and lay._bits.shape == (n, -(-channels // 8))
-            assert lay._bits.numel() * 8 < n * (channels + 8)
+        batch = ids[:10].clone()
+        first = model[1].mask(batch)
+        batch[0] = ids[10]  # the same tensor changed in place: its masks are not reused
+        assert torch.equal(model[1].mask(batch)[0], expected[1][10]) and not torch.equal(first, model[1].mask(batch))
         with pytest.raises(IndexError):  # an id that is no row of the table is an error, never a wrong mask
             model[0].mask(torch.tensor([n]))
     assert not any(lay.reads_table for lay in model) and not model.state_dict()
     assert torch.equal(model[0].mask(ids), expected[0])
-    tables = [lay._bits for lay in model]
     with etd.mask_table(model, n, torch.device("cpu")):  # kept for the next epoch, not rebuilt
-        assert all(lay._bits is table for lay, table in zip(model, tables))
+        assert all(lay._table is table for lay in model)
+    with etd.mask_table(model, n + 1, torch.device("cpu")):  # another training set: a new table
+        assert model[0]._table is not table and torch.equal(model[2].mask(ids), expected[2])
 
 
 def test_training_with_bit_tables_equals_training_with_the_hash():
-    """An epoch of `train_epoch` (which reads the bit tables) gives bitwise the weights of the
+    """An epoch of `train_epoch` (which reads the mask table) gives bitwise the weights of the
     same epoch written out with the hash's masks."""
     from memloc import config as C
     from memloc.data import Dataset
@@ -165,7 +170,7 @@ def test_training_with_bit_tables_equals_training_with_the_hash():
     cfg = C.TrainConfig(epochs=2, batch_size=16, peak_epoch=1.0)
     by_hash = copy.deepcopy(model)
     train_epoch(model, make_optimizer(model.parameters(), cfg), data, data.train_y, cfg, 1)
-    assert all(lay._bits is not None for lay in etd.dropout_layers(model))
+    assert all(lay._table is not None for lay in etd.dropout_layers(model))
 
     optimizer = make_optimizer(by_hash.parameters(), cfg)
     order = torch.randperm(50, generator=epoch_generator(cfg.seed, 1))
@@ -176,7 +181,7 @@ def test_training_with_bit_tables_equals_training_with_the_hash():
         optimizer.zero_grad(set_to_none=True)
         loss.mean().backward()
         optimizer.step()
-    assert all(lay._bits is None for lay in etd.dropout_layers(by_hash))
+    assert all(lay._table is None for lay in etd.dropout_layers(by_hash))
     for (name, a), b in zip(model.state_dict().items(), by_hash.state_dict().values()):
         assert torch.equal(a, b), name
 
