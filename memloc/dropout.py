@@ -8,8 +8,8 @@ paper's finding is that the noisy labels end up stored in the memorization units
 *drop* mode (memorization units off) the model no longer predicts the noisy labels, while clean
 training and test accuracy stay.
 
-This module trains that model (resumable, one checkpoint per epoch under the run store's
-`dropout` model) and evaluates it in three modes, next to the run's plain model:
+This module trains that model (with the main model's resumable loop, one checkpoint per epoch
+under the run store's `dropout` model) and evaluates it in three modes, next to the run's plain model:
 
 - `train`: each training example through its own mask, i.e. the model as trained;
 - `test`: memorization units scaled by `p_mem`;
@@ -20,21 +20,17 @@ This module trains that model (resumable, one checkpoint per epoch under the run
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from memloc.config import RunConfig, TrainConfig
 from memloc.data import Dataset
 from memloc.evaluate import Labels, population_metrics
-from memloc.schedule import one_cycle_lr
 from memloc.store import Run
-from memloc.train import momentum_state, restore_momentum, make_optimizer, train_epoch
+from memloc.train import TrainingResult, train_run
 from models.example_tied_dropout import dropout_mode
 
 STATE = "dropout"  # name of the resume state in the run store
@@ -49,42 +45,16 @@ def train_config(cfg: RunConfig) -> TrainConfig:
 
 
 def train_dropout_model(run: Run, model: nn.Module, data: Dataset, labels: Labels, cfg: TrainConfig,
-                        augment_batches: bool = False) -> pd.DataFrame:
-    """Train the (freshly initialized) dropout model, one checkpoint per epoch, resumable.
+                        augment_batches: bool = False) -> TrainingResult:
+    """Train the (freshly initialized) dropout model, one checkpoint per epoch under the run
+    store's `dropout` model, resumable (resume state `dropout`).
 
-    The loop is `memloc.train.train_epoch`, so batches, schedule and optimizer are the main
-    model's; the batch's example ids reach the dropout layers through it. After each epoch the
-    checkpoint, then the resume state (momentum buffers, rows so far) are written atomically.
-    Returns one row per epoch: epoch, lr (at its last step), train_loss (mean over the epoch's
-    training forward passes, train mode), seconds.
+    The loop is the main model's (`memloc.train.train_run`), so batches, schedule and optimizer
+    are the same; the batch's example ids reach the dropout layers through it. Epochs are not
+    evaluated on their own: `evaluate_modes` evaluates the trained model in each mode.
     """
-    n = data.num_train
-    steps_per_epoch = -(-n // cfg.batch_size)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    rows: list[dict] = []
-    start = 1
-    if run.has_state(STATE):
-        tensors, meta = run.read_state(STATE, data.train_x.device)
-        done = int(meta["epoch"])
-        model.load_state_dict(run.read_checkpoint(done, data.train_x.device, CHECKPOINTS))
-        restore_momentum(model, optimizer, tensors)
-        rows = json.loads(meta["rows"])
-        start = done + 1
-    else:
-        run.write_checkpoint(0, model.state_dict(), CHECKPOINTS)
-    bar = tqdm(range(start, cfg.epochs + 1), desc="dropout", unit="epoch", initial=start - 1, total=cfg.epochs, disable=None)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        stats = train_epoch(model, optimizer, data, labels.train, cfg, epoch, augment_batches)
-        rows.append({"epoch": epoch,
-                     "lr": one_cycle_lr(epoch * steps_per_epoch - 1, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr),
-                     "train_loss": stats.loss.mean().item(), "seconds": time.perf_counter() - t0})
-        run.write_checkpoint(epoch, model.state_dict(), CHECKPOINTS)
-        run.write_state(STATE, momentum_state(model, optimizer),
-                        {"epoch": str(epoch), "rows": json.dumps(rows)})
-        run.update_stage("dropout", status="running", epochs_done=epoch)
-        bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}")
-    return pd.DataFrame(rows)
+    return train_run(run, model, data, labels, cfg, augment_batches,
+                     name=STATE, checkpoints=CHECKPOINTS, evaluate_epochs=False)
 
 
 @torch.no_grad()

@@ -139,6 +139,9 @@ def train_run(
     augment_batches: bool = False,
     backward: Backward = mean_backward,
     on_epoch: Callable[[int], None] | None = None,
+    name: str = STATE,
+    checkpoints: str | None = None,
+    evaluate_epochs: bool = True,
 ) -> TrainingResult:
     """Train `model` (freshly initialized) and keep every epoch in `run`, resuming if possible.
 
@@ -149,50 +152,65 @@ def train_run(
     an analysis that accumulates during training saves its own state there, which is then never
     behind the training's (after an interruption between the two, training repeats `epoch` and
     the analysis replaces what it saved for it).
+
+    `name` is the stage whose progress is recorded and the name of its resume state;
+    `checkpoints` the run store's model the checkpoints belong to (None: the run's main model).
+    With `evaluate_epochs`, each epoch's row also holds `memloc.evaluate.evaluate`'s accuracies
+    after the epoch; a model with example-tied dropout has no single way to be evaluated (its
+    modes answer different questions), so the dropout stage turns this off and evaluates the
+    modes once, after training.
     """
     device = data.train_x.device
     n, epochs = data.num_train, cfg.epochs
     optimizer = make_optimizer(model.parameters(), cfg)
     ex_loss = torch.zeros(epochs, n, device=device)
     ex_correct = torch.zeros(epochs, n, dtype=torch.bool, device=device)
+
+    def metrics() -> dict[str, float]:
+        if not evaluate_epochs:
+            return {}
+        return evaluate(model, data.train_x, labels, data.test_x, data.test_y, cfg.eval_batch_size)
+
     rows: list[dict] = []
     start = 1
-    if run.has_state(STATE):
-        tensors, meta = run.read_state(STATE, device)
+    if run.has_state(name):
+        tensors, meta = run.read_state(name, device)
         done = int(meta["epoch"])
-        model.load_state_dict(run.read_checkpoint(done, device))
+        model.load_state_dict(run.read_checkpoint(done, device, checkpoints))
         restore_momentum(model, optimizer, tensors)
         ex_loss[:done] = tensors["ex_loss"][:done]
         ex_correct[:done] = tensors["ex_correct"][:done].bool()
         rows = json.loads(meta["rows"])
         start = done + 1
     else:
-        run.write_checkpoint(0, model.state_dict())
-        rows.append({"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "seconds": 0.0,
-                     **evaluate(model, data.train_x, labels, data.test_x, data.test_y, cfg.eval_batch_size)})
+        run.write_checkpoint(0, model.state_dict(), checkpoints)
+        rows.append({"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "seconds": 0.0, **metrics()})
 
     # disable=None: a bar with rate and ETA on a terminal, quiet otherwise (CI, logs).
-    bar = tqdm(range(start, epochs + 1), desc="train", unit="epoch", initial=start - 1, total=epochs, disable=None)
+    bar = tqdm(range(start, epochs + 1), desc=name, unit="epoch", initial=start - 1, total=epochs, disable=None)
     for epoch in bar:
         t0 = time.perf_counter()
         stats = train_epoch(model, optimizer, data, labels.train, cfg, epoch, augment_batches, backward)
         ex_loss[epoch - 1] = stats.loss
         ex_correct[epoch - 1] = stats.correct
-        metrics = evaluate(model, data.train_x, labels, data.test_x, data.test_y, cfg.eval_batch_size)
+        row = metrics()
         steps_per_epoch = -(-n // cfg.batch_size)
         last_lr = one_cycle_lr(epoch * steps_per_epoch - 1, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)
         rows.append({"epoch": epoch, "lr": last_lr, "train_loss": stats.loss.mean().item(),
-                     "seconds": time.perf_counter() - t0, **metrics})
-        run.write_checkpoint(epoch, model.state_dict())
+                     "seconds": time.perf_counter() - t0, **row})
+        run.write_checkpoint(epoch, model.state_dict(), checkpoints)
         if on_epoch is not None:
             on_epoch(epoch)
         run.write_state(
-            STATE,
+            name,
             {**momentum_state(model, optimizer), "ex_loss": ex_loss, "ex_correct": ex_correct.to(torch.uint8)},
             {"epoch": str(epoch), "rows": json.dumps(rows)},
         )
-        run.update_stage("train", status="running", epochs_done=epoch)
-        bar.set_postfix(memorized=f"{metrics['noisy_acc']:.3f}", clean=f"{metrics['clean_acc']:.3f}", test=f"{metrics['test_acc']:.3f}")
+        run.update_stage(name, status="running", epochs_done=epoch)
+        if row:
+            bar.set_postfix(memorized=f"{row['noisy_acc']:.3f}", clean=f"{row['clean_acc']:.3f}", test=f"{row['test_acc']:.3f}")
+        else:
+            bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}")
 
     return TrainingResult(pd.DataFrame(rows), _example_table(ex_loss, ex_correct))
 

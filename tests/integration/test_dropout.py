@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import memloc.dropout
+import memloc.train
 from memloc import config as C
 from memloc.evaluate import population_metrics
 from memloc.runs import open_run
@@ -79,23 +80,23 @@ def test_the_opened_dropout_model_gives_the_recorded_numbers(smoke_run):
 def test_interrupted_dropout_stage_resumes_to_the_same_model(smoke_run, tmp_path, monkeypatch):
     cfg = C.resolve("smoke", overrides=['stages=["train", "dropout"]'])
     out = tmp_path / "interrupted"
-    real_epoch = memloc.dropout.train_epoch
+    real_epoch = memloc.train.train_epoch
     calls = {"n": 0}
 
-    def epoch_then_interrupt(*args, **kwargs):
-        calls["n"] += 1
+    def epoch_then_interrupt(model, *args, **kwargs):
+        calls["n"] += getattr(model, "takes_example_ids", False)  # the dropout model's epochs
         if calls["n"] == 2:  # "Ctrl-C" in the middle of the dropout model's epoch 2
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+        return real_epoch(model, *args, **kwargs)
 
-    monkeypatch.setattr(memloc.dropout, "train_epoch", epoch_then_interrupt)
+    monkeypatch.setattr(memloc.train, "train_epoch", epoch_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, str(out), torch.device("cpu"), log=_quiet)
     run = Run(out)
     assert run.is_complete("train") and not run.is_complete("dropout")
     assert run.checkpoint_epochs("dropout") == [0, 1] and run.has_state(memloc.dropout.STATE)
 
-    monkeypatch.setattr(memloc.dropout, "train_epoch", real_epoch)
+    monkeypatch.setattr(memloc.train, "train_epoch", real_epoch)
     execute(cfg, str(out), torch.device("cpu"), log=_quiet)
     last = cfg.train.epochs
     a, b = smoke_run.read_checkpoint(last, model="dropout"), run.read_checkpoint(last, model="dropout")
