@@ -6,8 +6,10 @@ In one process:
    in precompute) of the plain model and of the same model with example-tied dropout after
    every place the zoo offers (same initial weights, same batches). Each repeat runs both in
    turn, so a busy machine slows both alike; the script prints the median time per step of
-   each and the ratio dropout / plain. Defaults: the `demo` preset's model and data (MLP
-   512-512 on the 1,437 training digits, batch 64).
+   each and the ratio dropout / plain (also the median of the per-repeat ratios). The dropout
+   model reads its masks from the training loop's mask table, built once per training: its
+   build is timed apart and also spread over `--epochs` of a whole training. Defaults: the
+   `demo` preset's model and data (MLP 512-512 on the 1,437 training digits, batch 64).
 2. Memory: for `--examples` examples (default 50,000: CIFAR-10) and ResNet-9 at `--mem-width`
    (default 1, 3x32x32 inputs), per dropout place the bytes of the authors' dense float32 table
    (N, C, H, W), of a per-channel bit table (N x C bits, the most a cache may hold), and what
