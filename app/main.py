@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
-from app.common import CREATE_RUN, run_names, selected_runs_root  # noqa: E402
+from app.cache import create_run_command, run_names, selected_runs_root  # noqa: E402
 
 st.set_page_config(page_title="memloc", layout="wide")
 
@@ -29,7 +29,7 @@ names = run_names(root)
 if not names:
     st.title("memloc")
     st.info(f"No runs under `{root}` yet. Create the demo run (a few minutes on a laptop CPU) with:")
-    st.code(CREATE_RUN, language="bash")
+    st.code(create_run_command(root), language="bash")
     st.caption("Then reload this page. Use `streamlit run app/main.py -- --runs DIR` or $MEMLOC_RUNS to look elsewhere.")
     st.stop()
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from memloc import config as C  # noqa: E402
+from memloc.train import TrainSettings  # noqa: E402
 from memloc.data import DataError, apply_label_noise, load, subsample  # noqa: E402
 from memloc.train import make_optimizer, train_epoch  # noqa: E402
 from models.example_tied_dropout import dropout_layers, mask_table  # noqa: E402
@@ -54,7 +54,7 @@ def bench_steps(args, device: torch.device) -> None:
     except DataError as e:
         sys.exit(f"{e}")
     ds = subsample(ds, args.train_size, None, seed=0).to(device)
-    train_labels, _ = apply_label_noise(ds.train_y.cpu(), ds.num_classes, 0.1, seed=0)
+    train_labels, _ = apply_label_noise(ds.true_labels.cpu(), ds.num_classes, 0.1, seed=0)
     train_labels = train_labels.to(device)
     options = {"hidden": [args.hidden, args.hidden]} if args.model == "mlp" else {"width": args.width}
     dropout = {"p_gen": 0.2, "p_mem": 0.1, "seed": 0}
@@ -63,7 +63,7 @@ def bench_steps(args, device: torch.device) -> None:
     torch.manual_seed(0)
     dropout_init = models.build(args.model, ds.input_shape, ds.num_classes, **options,
                                 example_tied_dropout=dropout).to(device)
-    cfg = C.TrainConfig(epochs=10, batch_size=args.batch, peak_epoch=2.0)
+    cfg = TrainSettings(epochs=10, batch_size=args.batch, peak_epoch=2.0)
     steps = -(-ds.num_train // args.batch)
 
     def epoch_seconds(init) -> float:

@@ -41,7 +41,7 @@ def main() -> None:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    import app.explore  # noqa: F401  (imports torch, pandas, altair, captum as the server has)
+    import app.cache  # noqa: F401  (imports torch, pandas, altair, captum as the server has)
     from memloc.store import Run
 
     torch.set_num_threads(args.threads)

@@ -33,13 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from memloc import config as C  # noqa: E402
+from memloc.train import TrainSettings  # noqa: E402
+from memloc import overrides  # noqa: E402
 from memloc.data import DataError, apply_label_noise, load, subsample  # noqa: E402
-from memloc.evaluate import Labels, evaluate  # noqa: E402
+from memloc.data import Labels  # noqa: E402
+from memloc.evaluate import evaluate  # noqa: E402
 from memloc.example_gradients import example_gradient_norms  # noqa: E402
 from memloc.gradients import GradientAccounting  # noqa: E402
 from memloc.gradients_reference import ReferenceAccounting, reference_example_norms  # noqa: E402
-from memloc.runs import build_model, load_data, make_labels  # noqa: E402
+from memloc.data import load_data, make_labels  # noqa: E402
+from memloc.runs import build_model  # noqa: E402
 from memloc.train import make_optimizer, mean_backward, train_epoch  # noqa: E402
 
 
@@ -68,8 +71,8 @@ def _data(args, device):
     except DataError as e:
         sys.exit(f"{e}")
     ds = subsample(ds, args.train_size, args.test_size, seed=0).to(device)
-    train, noisy = apply_label_noise(ds.train_y.cpu(), ds.num_classes, 0.1, seed=0)
-    return ds, Labels(ds.train_y, train.to(device), noisy.to(device))
+    train, noisy = apply_label_noise(ds.true_labels.cpu(), ds.num_classes, 0.1, seed=0)
+    return ds, Labels(ds.true_labels, train.to(device), noisy.to(device))
 
 
 def bench_accounting(args, device) -> None:
@@ -78,21 +81,21 @@ def bench_accounting(args, device) -> None:
         {"width": args.width} if args.model in ("resnet9", "cnn") else {})
     torch.manual_seed(0)
     init = models.build(args.model, ds.input_shape, ds.num_classes, **options).to(device)
-    cfg = C.TrainConfig(epochs=10, batch_size=args.batch, peak_epoch=2.0)
+    cfg = TrainSettings(epochs=10, batch_size=args.batch, peak_epoch=2.0)
 
     def epoch(kind: str) -> float:
         model = copy.deepcopy(init)
         opt = make_optimizer(model.parameters(), cfg)
         if kind == "plain":
-            return _timed(lambda: train_epoch(model, opt, ds, labels.train, cfg, 2, backward=mean_backward), device)
+            return _timed(lambda: train_epoch(model, opt, ds, labels.train_labels, cfg, 2, backward=mean_backward), device)
         if kind == "fast":
-            with GradientAccounting(model, labels.train, labels.is_noisy) as acc:
-                return _timed(lambda: (train_epoch(model, opt, ds, labels.train, cfg, 2, backward=acc), acc.epoch_values()), device)
+            with GradientAccounting(model, labels.train_labels, labels.is_noisy) as acc:
+                return _timed(lambda: (train_epoch(model, opt, ds, labels.train_labels, cfg, 2, backward=acc), acc.epoch_values()), device)
         ref = ReferenceAccounting(model, labels.is_noisy)
-        return _timed(lambda: (train_epoch(model, opt, ds, labels.train, cfg, 2, backward=ref), ref.end_epoch(2)), device)
+        return _timed(lambda: (train_epoch(model, opt, ds, labels.train_labels, cfg, 2, backward=ref), ref.end_epoch(2)), device)
 
     def evaluation() -> float:
-        return _timed(lambda: evaluate(init, ds.train_x, labels, ds.test_x, ds.test_y, cfg.eval_batch_size), device)
+        return _timed(lambda: evaluate(init, ds.train_x, labels, ds.test_x, ds.test_labels, cfg.eval_batch_size), device)
 
     kinds = ["plain", "fast"] + ([] if args.skip_naive else ["naive"])
     for kind in kinds:  # warm-up
@@ -107,7 +110,7 @@ def bench_accounting(args, device) -> None:
     params = sum(p.numel() for p in init.parameters())
     noisy_share = float(labels.is_noisy.float().mean())
     print(f"accounting: {args.model} {options} ({params:,} parameters), {args.data} {ds.num_train} train / "
-          f"{len(ds.test_y)} test, batch {args.batch}, {noisy_share:.0%} noisy, device {device}, "
+          f"{len(ds.test_labels)} test, batch {args.batch}, {noisy_share:.0%} noisy, device {device}, "
           f"threads {torch.get_num_threads()}, {args.repeats} repeats, {args.clock} clock")
     for kind in (*kinds, "eval"):
         print(f"  {kind:>5} epoch: median {med[kind]:.3f} s, min {low[kind]:.3f} s, max {max(times[kind]):.3f} s")
@@ -132,11 +135,11 @@ def bench_accounting(args, device) -> None:
 
 
 def bench_example_norms(args, device) -> None:
-    cfg = C.resolve(args.per_example_preset)
-    ds = load_data(cfg).to(device)
-    labels = make_labels(cfg, ds.to("cpu")).to(device)
+    cfg = overrides.resolve(args.per_example_preset)
+    ds = load_data(cfg.data).to(device)
+    labels = make_labels(cfg.data, ds.to("cpu")).to(device)
     model = build_model(cfg, ds).to(device)
-    x, y = ds.train_x, labels.train
+    x, y = ds.train_x, labels.train_labels
     fast_times, ref_times = [], []
     example_gradient_norms(model, x[:64], y[:64], cfg.gradients.chunk_size)  # warm-up
     for _ in range(args.repeats):

@@ -26,6 +26,7 @@ the stage (memorized noisy and correctly predicted clean examples, seeded). With
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -62,9 +63,9 @@ def _setup(args, device):
     dtype = getattr(torch, args.dtype)
     if not args.untrained:
         opened = open_run(Run(args.run), device)
-        return opened.model().to(dtype), opened.data.train_x.to(dtype), opened.labels.train, opened.labels.is_noisy
+        return opened.model().to(dtype), opened.data.train_x.to(dtype), opened.labels.train_labels, opened.labels.is_noisy
     ds = subsample(load(args.data), args.train_size or None, None, 0)
-    y, noisy = apply_label_noise(ds.train_y, ds.num_classes, 0.1, 0)
+    y, noisy = apply_label_noise(ds.true_labels, ds.num_classes, 0.1, 0)
     torch.manual_seed(0)
     model = models.build(args.model, ds.input_shape, ds.num_classes, width=args.width).to(device, dtype).eval()
     return model, ds.train_x.to(device, dtype), y.to(device), noisy.to(device)
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--clean", type=int, default=10, help="correctly predicted clean targets")
     p.add_argument("--batch", type=int, default=512, help="reference batch size |B|")
     p.add_argument("--cap", type=int, default=200, help="most units per example")
-    p.add_argument("--robust", action="store_true", help="robust variant (noisy input copies)")
+    p.add_argument("--robust", action="store_true", help="robust flipping (noisy input copies)")
     p.add_argument("--targets-per-step", type=int, default=32, help="fast path: targets at once")
     p.add_argument("--chunk-rows", type=int, default=4096, help="fast path: most forward rows per pass")
     p.add_argument("--single", action="store_true", help="also time the fast path one target at a time")
@@ -100,20 +101,21 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ids = select_targets(predict(model, x).argmax(1), y, noisy, args.noisy, args.clean, seed=0)
-    settings = FlipSettings(batch_size=args.batch, cap=args.cap, robust=args.robust)
+    settings = FlipSettings(batch_size=args.batch, cap=args.cap, robust=args.robust,
+                            targets_per_step=args.targets_per_step, chunk_rows=args.chunk_rows)
     source = f"untrained {args.model} width {args.width} on {args.data}" if args.untrained else args.run
     print(f"model: {source}; {len(ids)} targets ({int(noisy[ids].sum())} noisy); |B| = {min(args.batch, len(x))}, "
           f"cap {args.cap}, robust {args.robust}, {args.dtype}, device {device}, threads {torch.get_num_threads()}")
 
     def fast(per_step=args.targets_per_step):
-        return flip_examples(model, x, y, ids, settings, per_step, args.chunk_rows)
+        return flip_examples(model, x, y, ids, dataclasses.replace(settings, targets_per_step=per_step))
 
     paths = {"fast": fast}
     if args.single:
         paths["fast, one target at a time"] = lambda: fast(1)
     if not args.no_reference:
         paths["reference"] = lambda: [reference_flip(model, x, y, e, settings) for e in ids]
-    flip_examples(model, x, y, ids[:2], settings, args.targets_per_step, args.chunk_rows)  # warm-up
+    flip_examples(model, x, y, ids[:2], settings)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in paths}
     outputs = {}
     for _ in range(args.repeats):

@@ -35,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from memloc import config as C  # noqa: E402
+from memloc.settings import ConfigError  # noqa: E402
+from memloc import overrides  # noqa: E402
 from memloc import data as data_mod  # noqa: E402
 from memloc.interventions import Rewind  # noqa: E402
 from memloc.retraining import RetrainData, retrain_group, retrain_reference  # noqa: E402
 from memloc.rewinding import RewindEvaluator, evaluate_rewind, rewind_reference  # noqa: E402
-from memloc.runs import build_model, load_data, make_labels, open_run  # noqa: E402
+from memloc.data import load_data, make_labels  # noqa: E402
+from memloc.runs import build_model, open_run  # noqa: E402
 from memloc.store import Run, RunError  # noqa: E402
 
 
@@ -49,15 +51,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_run(preset: str, overrides: list[str], path: Path) -> Run:
+def synthetic_run(preset: str, sets: list[str], path: Path) -> Run:
     """A run directory with the preset's data and labels and random checkpoints 0..epochs."""
-    cfg = C.resolve(preset, overrides=overrides)
-    ds = load_data(cfg)
-    labels = make_labels(cfg, ds)
+    cfg = overrides.resolve(preset, overrides=sets)
+    ds = load_data(cfg.data)
+    labels = make_labels(cfg.data, ds)
     run = Run(path)
     with run.lock():
         run.create(cfg.to_dict(), data_mod.fingerprint(ds), cfg.train.seed)
-        run.write_labels(labels.true.numpy(), labels.train.numpy(), labels.is_noisy.numpy())
+        run.write_labels(labels.true_labels.numpy(), labels.train_labels.numpy(), labels.is_noisy.numpy())
         for epoch in range(cfg.train.epochs + 1):
             cfg_e = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + epoch))
             run.write_checkpoint(epoch, build_model(cfg_e, ds).state_dict())
@@ -86,11 +88,11 @@ def bench_grid(opened, epochs: list[int], device: torch.device) -> None:
     bs = opened.config.train.eval_batch_size
     for epoch in epochs:
         opened.checkpoint(epoch)  # both paths read cached checkpoints
-    evaluator = RewindEvaluator(model, opened.checkpoint, data.train_x, labels, data.test_x, data.test_y, bs)
+    evaluator = RewindEvaluator(model, opened.checkpoint, data.train_x, labels, data.test_x, data.test_labels, bs)
     fast_s, fast = timed(lambda: list(evaluator.grid(groups, epochs)), device)
 
     def naive():
-        return [rewind_reference(model, opened.checkpoint, Rewind(g, e), data.train_x, labels, data.test_x, data.test_y, bs)
+        return [rewind_reference(model, opened.checkpoint, Rewind(g, e), data.train_x, labels, data.test_x, data.test_labels, bs)
                 for g in groups for e in epochs]
 
     fast_cpu = CPU_SECONDS[-1]
@@ -129,7 +131,7 @@ def bench_live(opened, repeats: int, device: torch.device) -> None:
 def bench_retrain(opened, epochs: int, device: torch.device) -> None:
     cfg = dataclasses.replace(opened.config.retrain, max_epochs=epochs, peak_epoch=min(opened.config.retrain.peak_epoch, epochs))
     bs = cfg.batch_size or opened.config.train.batch_size
-    data = RetrainData(opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_y)
+    data = RetrainData(opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_labels)
     model, init = opened.model(), opened.checkpoint(0)
     seed, ebs = opened.config.train.seed, opened.config.train.eval_batch_size
     print(f"retraining, {epochs} epoch(s) per group on the clean examples, batch {bs} (s):")
@@ -170,7 +172,7 @@ def main() -> None:
             bench_live(opened, args.repeats, device)
             if args.retrain_epochs:
                 bench_retrain(opened, args.retrain_epochs, device)
-    except (RunError, C.ConfigError, data_mod.DataError) as e:
+    except (RunError, ConfigError, data_mod.DataError) as e:
         sys.exit(str(e))
 
 

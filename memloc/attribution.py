@@ -7,8 +7,9 @@ A thin facade over Captum (https://captum.ai). It keeps Captum's own argument na
 - `METHODS`, a small table of the supported methods with a one-line reading guide each (the
   explorer lists it), their kind (input pixels or a layer's units) and memloc's defaults;
 - one call, `attribute(model, algorithm, inputs, target, layer=...)`, that builds the Captum object
-  for the model (and layer) and removes every hook that was added while it ran, also when the
-  call raised, so a cached model never keeps a stray hook.
+  for the model (and layer) and runs it inside `memloc.interventions.eval_mode`, which removes
+  every hook added while it ran, also when the call raised, so a cached model never keeps a
+  stray hook.
 
 Explaining a memorized example: attribute it once to its *training* (noisy) label and once to
 its *true* label, before and inside `intervene(model, [ZeroUnits(flip_set)])`; the flip set
@@ -17,13 +18,14 @@ found by greedy flipping (PAPER.md section 4) should remove what supported the n
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from captum.attr import GradientShap, IntegratedGradients, LayerConductance, LayerGradCam, Occlusion, Saliency
 from torch import nn
+
+from memloc.interventions import eval_mode
 
 
 @dataclass(frozen=True)
@@ -86,27 +88,6 @@ def default_window(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (c, max(1, h // 8), max(1, w // 8))
 
 
-def _hook_dicts(model: nn.Module) -> Iterator[dict]:
-    for module in model.modules():
-        yield module._forward_hooks
-        yield module._forward_pre_hooks
-        yield module._backward_hooks
-        yield module._backward_pre_hooks
-
-
-@contextlib.contextmanager
-def _no_stray_hooks(model: nn.Module) -> Iterator[None]:
-    """Remove, on exit, every module hook added inside the block (Captum's layer methods add
-    hooks; if one raised before removing them, a cached model would keep them)."""
-    before = [set(d) for d in _hook_dicts(model)]
-    try:
-        yield
-    finally:
-        for known, hooks in zip(before, _hook_dicts(model)):
-            for key in [k for k in hooks if k not in known]:
-                del hooks[key]
-
-
 def attribute(
     model: nn.Module,
     algorithm: str,
@@ -122,7 +103,7 @@ def attribute(
     Input methods return (B, C, H, W); LayerConductance on a linear layer (B, units), on a conv
     layer (B, units, H', W'); LayerGradCam (B, 1, H', W'). `kwargs` are Captum's own
     (`baselines`, `n_steps`, `internal_batch_size`, `sliding_window_shapes`, ...) and override
-    memloc's defaults. The model's parameters are not changed and no hook is left behind.
+    memloc's defaults. The model is evaluated in eval mode and restored afterwards.
     """
     if algorithm not in METHODS:
         raise ValueError(f"attribution method {algorithm!r}: one of {', '.join(METHODS)}")
@@ -141,7 +122,7 @@ def attribute(
         args.setdefault("sliding_window_shapes", default_window(tuple(inputs.shape[1:])))
     if m.captum is GradientShap and "baselines" not in args:
         args["baselines"] = torch.zeros_like(inputs)  # Captum requires baselines here; zeros as elsewhere
-    with _no_stray_hooks(model):
+    with eval_mode(model):  # Captum's layer methods add hooks; the scope removes any left behind
         out = explainer.attribute(inputs, target=target, **args)
     return out.detach()
 

@@ -8,6 +8,8 @@ Everything a training run needs about its data lives here:
 - `apply_label_noise` picks the *noisy* examples and gives them a wrong label exactly as
   PAPER.md ("Label noise") says; all other training examples are *clean*.
 - `subsample`, `fingerprint`, `augment` and `data_root` are the small helpers around them.
+- `DataSettings` is a run's `data` section; `load_data` and `make_labels` turn it into the
+  run's `Dataset` and its `Labels` (true labels, training labels, which examples are noisy).
 
 Data sets and where they come from (DESIGN.md, "Data"):
 
@@ -38,6 +40,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from memloc.settings import check, setting
+
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
 
 # Image shape (C, H, W) of each data set, known without loading it (config validation uses it).
@@ -64,6 +68,27 @@ _IDX_FILES = {
 _DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 
+@dataclass(frozen=True)
+class DataSettings:
+    """The `data` section of a run: which data set, which subset, how much label noise."""
+
+    name: str = setting("digits", f"data set, one of {', '.join(DATASETS)}")
+    root: str = setting("", "data root; empty = $MEMLOC_DATA or ./data")
+    download: bool = setting(False, "allow torchvision to download the data set (needs internet)")
+    train_size: int = setting(0, "use a seeded random subset of this many training examples; 0 = all")
+    test_size: int = setting(0, "use a seeded random subset of this many test examples; 0 = all")
+    subset_seed: int = setting(0, "seed of the train/test subsets")
+    noise_frac: float = setting(0.1, "share of training labels flipped to a wrong class, in [0, 1)")
+    noise_seed: int = setting(0, "seed of the label noise (independent of the model seed)")
+    augment: bool = setting(False, "random crop + flip of training batches")
+
+    def __post_init__(self):
+        check(self.name in DATASETS, "name", f"one of {', '.join(DATASETS)}", self.name)
+        check(0.0 <= self.noise_frac < 1.0, "noise_frac", "a fraction in [0, 1)", self.noise_frac)
+        check(self.train_size >= 0, "train_size", "0 (all) or a positive count", self.train_size)
+        check(self.test_size >= 0, "test_size", "0 (all) or a positive count", self.test_size)
+
+
 class DataError(Exception):
     """A data set cannot be loaded or a request about data cannot be met; the message says why
     and how to fix it."""
@@ -74,20 +99,21 @@ class Dataset:
     """The training and test split of one data set, ready for training.
 
     Images are (N, C, H, W) float32, channel-first (C = 1 for grayscale), normalized per
-    channel with mean 0.5 and std 0.5, so pixel values lie in [-1, 1]. Labels are the true
-    labels, int64 in 0..K-1; label noise is applied separately (`apply_label_noise`). The
+    channel with mean 0.5 and std 0.5, so pixel values lie in [-1, 1]. `true_labels` are the
+    training examples' true labels and `test_labels` the test examples', int64 in 0..K-1; the
+    labels a run trains on (its `train_labels`, with label noise) are a run's `Labels`. The
     position of a training example in `train_x` is its example id.
     """
 
     name: str
     train_x: torch.Tensor
-    train_y: torch.Tensor
+    true_labels: torch.Tensor
     test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_labels: torch.Tensor
     classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
+        for x, y in ((self.train_x, self.true_labels), (self.test_x, self.test_labels)):
             if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
                 raise ValueError(
                     f"{self.name}: images must be (N, C, H, W) and labels (N,), "
@@ -115,9 +141,9 @@ class Dataset:
         return replace(
             self,
             train_x=self.train_x.to(device),
-            train_y=self.train_y.to(device),
+            true_labels=self.true_labels.to(device),
             test_x=self.test_x.to(device),
-            test_y=self.test_y.to(device),
+            test_labels=self.test_labels.to(device),
         )
 
 
@@ -151,9 +177,9 @@ def subsample(ds: Dataset, train_size: int | None, test_size: int | None, seed: 
     return replace(
         ds,
         train_x=ds.train_x[train_idx.to(ds.train_x.device)],
-        train_y=ds.train_y[train_idx.to(ds.train_y.device)],
+        true_labels=ds.true_labels[train_idx.to(ds.true_labels.device)],
         test_x=ds.test_x[test_idx.to(ds.test_x.device)],
-        test_y=ds.test_y[test_idx.to(ds.test_y.device)],
+        test_labels=ds.test_labels[test_idx.to(ds.test_labels.device)],
     )
 
 
@@ -164,11 +190,39 @@ def fingerprint(ds: Dataset) -> str:
     or the subset gives a different one.
     """
     digest = hashlib.sha256(ds.name.encode() + b"\0")
-    for tensor in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+    for tensor in (ds.train_x, ds.true_labels, ds.test_x, ds.test_labels):
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The labels of a run's training examples, as tensors indexed by example id."""
+
+    true_labels: torch.Tensor  # (N,) int64, the data set's labels
+    train_labels: torch.Tensor  # (N,) int64, what the model is trained on: true_labels except where is_noisy
+    is_noisy: torch.Tensor  # (N,) bool
+
+    def to(self, device: str | torch.device) -> "Labels":
+        return Labels(self.true_labels.to(device), self.train_labels.to(device), self.is_noisy.to(device))
+
+    def subset(self, ids: torch.Tensor) -> "Labels":
+        """The labels of the examples `ids` (in that order)."""
+        return Labels(self.true_labels[ids], self.train_labels[ids], self.is_noisy[ids])
+
+
+def load_data(settings: DataSettings) -> Dataset:
+    """The data set of a run: loaded from the data root and subsampled as `settings` say."""
+    ds = load(settings.name, settings.root or None, settings.download)
+    return subsample(ds, settings.train_size or None, settings.test_size or None, settings.subset_seed)
+
+
+def make_labels(settings: DataSettings, ds: Dataset) -> Labels:
+    """PAPER.md's label noise on the training labels of `ds`, seeded by `settings.noise_seed`."""
+    train_labels, is_noisy = apply_label_noise(ds.true_labels, ds.num_classes, settings.noise_frac, settings.noise_seed)
+    return Labels(ds.true_labels, train_labels, is_noisy)
 
 
 def apply_label_noise(
@@ -264,9 +318,9 @@ def _load_digits(root: Path, download: bool) -> Dataset:
     return Dataset(
         name="digits",
         train_x=_normalize(images[train_idx], 16),
-        train_y=labels[train_idx],
+        true_labels=labels[train_idx],
         test_x=_normalize(images[test_idx], 16),
-        test_y=labels[test_idx],
+        test_labels=labels[test_idx],
         classes=_DIGIT_CLASSES,
     )
 
@@ -301,13 +355,13 @@ def _load_idx(
         places = " or ".join(str(d) for d in candidates)
         raise _missing(name, root, f"no complete set of its four IDX files is in {places}")
 
-    (train_images, train_labels), (test_images, test_labels) = found["train"], found["test"]
+    (train_images, train_label_file), (test_images, test_label_file) = found["train"], found["test"]
     return Dataset(
         name=name,
         train_x=_normalize(torch.from_numpy(_read_idx(train_images)).unsqueeze(1), 255),
-        train_y=torch.from_numpy(_read_idx(train_labels)).to(torch.int64),
+        true_labels=torch.from_numpy(_read_idx(train_label_file)).to(torch.int64),
         test_x=_normalize(torch.from_numpy(_read_idx(test_images)).unsqueeze(1), 255),
-        test_y=torch.from_numpy(_read_idx(test_labels)).to(torch.int64),
+        test_labels=torch.from_numpy(_read_idx(test_label_file)).to(torch.int64),
         classes=classes,
     )
 
@@ -359,9 +413,9 @@ def _load_cifar10(root: Path, download: bool) -> Dataset:
     return Dataset(
         name="cifar10",
         train_x=_normalize(torch.from_numpy(train.data).permute(0, 3, 1, 2), 255),
-        train_y=torch.as_tensor(train.targets, dtype=torch.int64),
+        true_labels=torch.as_tensor(train.targets, dtype=torch.int64),
         test_x=_normalize(torch.from_numpy(test.data).permute(0, 3, 1, 2), 255),
-        test_y=torch.as_tensor(test.targets, dtype=torch.int64),
+        test_labels=torch.as_tensor(test.targets, dtype=torch.int64),
         classes=tuple(train.classes),
     )
 
@@ -378,9 +432,9 @@ def _load_svhn(root: Path, download: bool) -> Dataset:
     return Dataset(
         name="svhn",
         train_x=_normalize(torch.from_numpy(train.data), 255),
-        train_y=torch.from_numpy(train.labels).reshape(-1),
+        true_labels=torch.from_numpy(train.labels).reshape(-1),
         test_x=_normalize(torch.from_numpy(test.data), 255),
-        test_y=torch.from_numpy(test.labels).reshape(-1),
+        test_labels=torch.from_numpy(test.labels).reshape(-1),
         classes=_DIGIT_CLASSES,
     )
 

@@ -1,55 +1,61 @@
-"""Evaluation of a model on the three populations the paper tracks.
+"""Evaluation of a model on the four populations the paper tracks.
 
-- *clean* training examples against their (true) labels,
-- *noisy* training examples against their noisy training labels: the memorization accuracy,
-- noisy training examples against their true labels,
-- the test set.
+- *clean*: clean training examples against their (true) labels;
+- *noisy*: noisy training examples against their noisy training labels, the memorization
+  accuracy (a noisy example predicted with its noisy label is *memorized*);
+- *noisy_true*: noisy training examples against their true labels;
+- *test*: the test set.
 
-Everything stays on the model's device; batches are slices of device tensors.
+These four names prefix every accuracy and loss column of memloc's tables (`clean_acc`,
+`noisy_acc`, `noisy_true_acc`, `test_acc`, ...); `POPULATIONS` gives each its label for pages
+and figures. Everything stays on the model's device; batches are slices of device tensors.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memloc.data import Labels
+from memloc.interventions import eval_mode
 
-@dataclass(frozen=True)
-class Labels:
-    """Training labels of a run, as device tensors indexed by example id."""
+#: The four populations, in the order tables and pages show them, with their labels.
+POPULATIONS = {
+    "clean": "clean",
+    "noisy": "memorized (noisy label)",
+    "noisy_true": "noisy vs true label",
+    "test": "test",
+}
 
-    true: torch.Tensor  # (N,) int64
-    train: torch.Tensor  # (N,) int64, equal to `true` except where is_noisy
-    is_noisy: torch.Tensor  # (N,) bool
 
-    def to(self, device: str | torch.device) -> "Labels":
-        return Labels(self.true.to(device), self.train.to(device), self.is_noisy.to(device))
+def accuracy_column(population: str) -> str:
+    """The table column of a population's accuracy, e.g. `noisy_acc`."""
+    return f"{population}_acc"
+
+
+#: `clean_acc`, `noisy_acc`, `noisy_true_acc`, `test_acc`: the accuracy columns of the tables.
+ACCURACIES = tuple(accuracy_column(p) for p in POPULATIONS)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits (N, K) in eval mode, computed in batches; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
+    """Logits (N, K) in eval mode, computed in batches; the model is restored afterwards."""
+    with eval_mode(model):
         return torch.cat([model(xb) for xb in x.split(batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def population_metrics(
-    train_logits: torch.Tensor, test_logits: torch.Tensor, labels: Labels, test_y: torch.Tensor
+    train_logits: torch.Tensor, test_logits: torch.Tensor, labels: Labels, test_labels: torch.Tensor
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy per population, from precomputed logits."""
+    """Accuracy and mean cross-entropy per population, from precomputed logits:
+    `{clean,noisy,noisy_true,test}_{acc,loss}`, NaN for a population without examples."""
     noisy = labels.is_noisy
     parts = {
-        "clean": (train_logits[~noisy], labels.true[~noisy]),
-        "noisy": (train_logits[noisy], labels.train[noisy]),
-        "noisy_true": (train_logits[noisy], labels.true[noisy]),
-        "test": (test_logits, test_y),
+        "clean": (train_logits[~noisy], labels.true_labels[~noisy]),
+        "noisy": (train_logits[noisy], labels.train_labels[noisy]),
+        "noisy_true": (train_logits[noisy], labels.true_labels[noisy]),
+        "test": (test_logits, test_labels),
     }
     out: dict[str, float] = {}
     for name, (logits, y) in parts.items():
@@ -63,7 +69,8 @@ def population_metrics(
 
 
 def evaluate(
-    model: nn.Module, train_x: torch.Tensor, labels: Labels, test_x: torch.Tensor, test_y: torch.Tensor, batch_size: int = 4096
+    model: nn.Module, train_x: torch.Tensor, labels: Labels, test_x: torch.Tensor, test_labels: torch.Tensor,
+    batch_size: int = 4096,
 ) -> dict[str, float]:
-    """clean/noisy/noisy_true/test accuracy and loss of `model` (eval mode)."""
-    return population_metrics(predict(model, train_x, batch_size), predict(model, test_x, batch_size), labels, test_y)
+    """Accuracy and loss of `model` on the four populations (eval mode)."""
+    return population_metrics(predict(model, train_x, batch_size), predict(model, test_x, batch_size), labels, test_labels)

@@ -37,12 +37,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from memloc.gradients import examples_independent, parameter_groups
+from memloc.interventions import eval_mode
 
 #: Most elements of one temporary (unfolded input, Gram matrices, fallback gradients): 128 MiB.
 BUDGET = 2**25
@@ -187,17 +190,14 @@ def example_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
                            progress: Callable[[int], None] | None = None) -> tuple[list[str], torch.Tensor]:
     """Per-example gradient norm per layer group: (group names, (N, G) float32 on the device).
 
-    `x` (N, C, H, W) and `y` (N,) are the examples and their training labels. The model is put
-    in eval mode for the computation (its mode is restored); its parameters are not changed and
-    no `.grad` is written. `progress(n)` is called with the number of examples done per chunk.
+    `x` (N, C, H, W) and `y` (N,) are the examples and their training labels. The model is in
+    `eval_mode` for the computation (and restored afterwards); no `.grad` is written. `progress(n)` is called with the number of examples done per chunk.
     """
     entries = parameter_groups(model)
     groups = list(dict.fromkeys(g for g, _, _ in entries))
     column = {name: groups.index(g) for g, name, _ in entries}
-    was_training = model.training
-    model.eval()
     out = x.new_zeros(x.shape[0], len(groups))
-    try:
+    with eval_mode(model):
         plan = _Plan(model, x)
         for start in range(0, x.shape[0], chunk_size):
             xc, yc = x[start:start + chunk_size], y[start:start + chunk_size]
@@ -210,8 +210,6 @@ def example_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
                 block[:, column[name]] += values
             if progress is not None:
                 progress(len(xc))
-    finally:
-        model.train(was_training)
     return groups, out.sqrt_()
 
 
@@ -251,4 +249,20 @@ def _ghost_sq(model: nn.Module, plan: _Plan, x: torch.Tensor, y: torch.Tensor) -
     return sq
 
 
-__all__ = ["example_gradient_norms", "BUDGET"]
+#: Columns of the `example_gradients` table (one row per checkpoint, example and layer group).
+COLUMNS = ["example_id", "epoch", "group", "grad_norm"]
+
+
+def example_table(epoch: int, groups: list[str], norms: torch.Tensor) -> pd.DataFrame:
+    """The `example_gradients` rows of checkpoint `epoch` from the norms (N, G) of
+    `example_gradient_norms`: example by example, the groups in order."""
+    n, g = norms.shape
+    return pd.DataFrame({
+        "example_id": np.repeat(np.arange(n, dtype=np.int64), g),
+        "epoch": np.full(n * g, epoch, dtype=np.int64),
+        "group": np.tile(np.asarray(groups, dtype=object), n),
+        "grad_norm": norms.cpu().numpy().reshape(-1),
+    })
+
+
+__all__ = ["example_gradient_norms", "BUDGET", "COLUMNS", "example_table"]

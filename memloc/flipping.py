@@ -19,8 +19,9 @@ and zeroing a unit's weights and bias is the same as a mask of 0 on its output. 
 
 - scores come from one backward pass to the masks; no weight gradient is ever formed;
 - many targets run at once, each with its own row of a mask tensor `(T, U)` and its own
-  reference batch: the inputs of T targets are stacked to `(T * |B|, ...)` and forward hooks
-  multiply each target's rows by that target's mask row; one backward gives all `T` rows of
+  reference batch: the inputs of T targets are stacked to `(T * |B|, ...)` and the batched
+  mask hook (`memloc.interventions.unit_masks`) multiplies each target's rows by that
+  target's mask row; one backward gives all `T` rows of
   `dJ/dm` (target `k`'s J depends only on mask row `k`);
 - the work is cut into chunks of whole targets of at most `chunk_rows` rows, so memory stays
   bounded whatever T is;
@@ -28,7 +29,7 @@ and zeroing a unit's weights and bias is the same as a mask of 0 on its output. 
   target takes its place, so every step works only on unfinished targets.
 
 The naive reference, PAPER.md literally (a copy of the model, weight gradients, weights zeroed),
-is `memloc.flipping_reference`; in the deterministic variant both choose the same units.
+is `memloc.flipping_reference`; both choose the same units.
 
 Conventions shared with the reference (so both pick the same units):
 - Units have one global order: the layers in `model.unit_layers` order, each layer's units by
@@ -39,14 +40,14 @@ Conventions shared with the reference (so both pick the same units):
 - Reference batch: fresh per target, `batch_size` examples drawn without replacement from the
   whole training set by a generator seeded with (seed, example id), the target first; all
   examples are labelled with their *training* labels.
-- Robust variant: the logits of every input are averaged over `noise_draws` copies with Gaussian
+- Robust flipping (`robust`): the logits of every input are averaged over `noise_draws` copies with Gaussian
   noise of L2 norm `noise_rel` times the input's, both for J and for the flip test; the noise is
   drawn once per target (seeded with (seed, example id)) and kept for all its steps.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -57,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memloc.interventions import parse_unit, unit_axis, unit_count, unit_name
+from memloc.interventions import UnitIndex, UnitMasks, frozen, parse_unit, unit_masks
+from memloc.settings import check, setting
 
 # Streams of the seeded generators, so no two kinds of draw share random numbers.
 _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREAM = 0, 1, 2, 3, 4
@@ -65,18 +67,41 @@ _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREA
 
 @dataclass(frozen=True)
 class FlipSettings:
-    """What the greedy flipping of one example depends on (PAPER.md section 4)."""
+    """The `flip` section of a run: which examples to flip, and what flipping one depends on."""
 
-    batch_size: int = 512  # |B|, target included (the paper's 512)
-    cap: int = 200  # most units zeroed; an example still not flipped then counts as not flipped
-    robust: bool = False  # average logits over noisy copies of each input (J and flip test)
-    noise_draws: int = 5  # copies per input in the robust variant
-    noise_rel: float = 0.01  # L2 norm of the noise relative to the input's
-    seed: int = 0  # seeds reference batches, noise and random controls (with the example id)
+    n_noisy: int = setting(100, "memorized noisy examples to flip (seeded choice); -1 = all, 0 = none")
+    n_clean: int = setting(100, "correctly predicted clean examples to flip (seeded choice); -1 = all, 0 = none")
+    example_ids: tuple = setting((), "flip exactly these training example ids instead of n_noisy / n_clean")
+    batch_size: int = setting(512, "reference batch size |B| of the objective J, target included (paper: 512)")
+    cap: int = setting(200, "most units zeroed per example; not flipped by then = recorded as not flipped")
+    robust: bool = setting(False, "robust flipping: average logits over noisy input copies for J and the flip test")
+    noise_draws: int = setting(5, "noisy copies per input in robust flipping")
+    noise_rel: float = setting(0.01, "L2 norm of robust flipping's noise relative to the input's")
+    eval_train: int = setting(2000, "training examples of the collateral-accuracy subset (seeded); 0 = all")
+    eval_test: int = setting(2000, "test examples of the collateral-accuracy subset (seeded); 0 = all")
+    seed: int = setting(0, "seed of target choice, reference batches, noise, evaluation subset, random controls")
+    targets_per_step: int = setting(32, "targets flipped at once, each with its own unit masks (more fills a GPU)")
+    chunk_rows: int = setting(4096, "most forward rows (targets x batch items) per pass; bounds memory")
+    save_every: int = setting(200, "targets between saved progress of the flip stage (resume point)")
+
+    def __post_init__(self):
+        check(self.n_noisy >= -1, "n_noisy", "-1 (all) or a count >= 0", self.n_noisy)
+        check(self.n_clean >= -1, "n_clean", "-1 (all) or a count >= 0", self.n_clean)
+        ok = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.example_ids)
+        check(ok, "example_ids", "a list of training example ids (integers >= 0)", list(self.example_ids))
+        check(self.batch_size >= 2, "batch_size", "an integer >= 2 (the target and at least one other)", self.batch_size)
+        check(self.cap >= 1, "cap", "an integer >= 1", self.cap)
+        check(self.noise_draws >= 1, "noise_draws", "an integer >= 1", self.noise_draws)
+        check(self.noise_rel >= 0 and math.isfinite(self.noise_rel), "noise_rel", "a number >= 0", self.noise_rel)
+        check(self.eval_train >= 0, "eval_train", "0 (all) or a positive count", self.eval_train)
+        check(self.eval_test >= 0, "eval_test", "0 (all) or a positive count", self.eval_test)
+        check(self.targets_per_step >= 1, "targets_per_step", "an integer >= 1", self.targets_per_step)
+        check(self.chunk_rows >= 1, "chunk_rows", "an integer >= 1", self.chunk_rows)
+        check(self.save_every >= 1, "save_every", "an integer >= 1", self.save_every)
 
     @property
     def draws(self) -> int:
-        """Forward copies per input: `noise_draws` in the robust variant, else 1."""
+        """Forward copies per input: `noise_draws` in robust flipping, else 1."""
         return self.noise_draws if self.robust else 1
 
 
@@ -88,38 +113,6 @@ class FlipResult:
     units: tuple[int, ...]  # global unit indices (`UnitIndex`), in the order they were zeroed
     flipped: bool  # the prediction left the training label within the cap
     new_prediction: int  # the prediction after the last zeroed unit
-
-
-class UnitIndex:
-    """The fixed global order of a model's units: layer by layer (`model.unit_layers` order),
-    each layer's units by index. Global index `g` <-> address `layer_path[index]`."""
-
-    def __init__(self, model: nn.Module):
-        modules = dict(model.named_modules())
-        self.layers: tuple[str, ...] = tuple(model.unit_layers)
-        self.modules = tuple(modules[layer] for layer in self.layers)
-        self.sizes = tuple(unit_count(m) for m in self.modules)
-        self.offsets = tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
-        self.total = int(sum(self.sizes))
-
-    def locate(self, g: int) -> tuple[int, int]:
-        """Global index -> (position of its layer in `layers`, index within the layer)."""
-        pos = int(np.searchsorted(self.offsets, g, side="right")) - 1
-        return pos, g - self.offsets[pos]
-
-    def name(self, g: int) -> str:
-        pos, index = self.locate(g)
-        return unit_name(self.layers[pos], index)
-
-    def names(self, units: Sequence[int]) -> list[str]:
-        return [self.name(g) for g in units]
-
-    def index_of(self, unit: str) -> int:
-        """Address `layer_path[index]` -> global index."""
-        layer, i = parse_unit(unit)
-        if layer not in self.layers or not 0 <= i < self.sizes[self.layers.index(layer)]:
-            raise ValueError(f"{unit!r} is not a unit of this model (unit layers: {', '.join(self.layers)})")
-        return self.offsets[self.layers.index(layer)] + i
 
 
 def _generator(seed: int, example_id: int, stream: int) -> torch.Generator:
@@ -137,10 +130,10 @@ def reference_batch(example_id: int, n_train: int, batch_size: int, seed: int) -
     return torch.cat([torch.tensor([example_id]), others])
 
 
-def target_inputs(x_train: torch.Tensor, batch: torch.Tensor, example_id: int, settings: FlipSettings) -> torch.Tensor:
+def target_inputs(train_x: torch.Tensor, batch: torch.Tensor, example_id: int, settings: FlipSettings) -> torch.Tensor:
     """The forward inputs of one target's reference batch, (|B| * draws, C, H, W), item-major:
-    the plain images, or in the robust variant `draws` noisy copies of each image."""
-    x = x_train[batch.to(x_train.device)]  # (|B|, C, H, W)
+    the plain images, or in robust flipping `draws` noisy copies of each image."""
+    x = train_x[batch.to(train_x.device)]  # (|B|, C, H, W)
     if not settings.robust:
         return x
     g = _generator(settings.seed, example_id, _NOISE_STREAM)
@@ -159,66 +152,6 @@ def objective(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ce[:, 1:].sum(1) / b - ce[:, 0]  # (T,)
 
 
-class _UnitMasks:
-    """Forward hooks that multiply each unit layer's output by a per-target mask.
-
-    `masks` is (T, U) in `UnitIndex` order; the forward input holds `rows` consecutive rows per
-    target, so a layer's output (T * rows, ...) is viewed as (T, rows, ...) and multiplied by
-    that target's slice of the mask. The hooks return a masked copy (never in place), so the
-    backward pass reaches the masks.
-    """
-
-    def __init__(self, index: UnitIndex):
-        self.index = index
-        self.masks: torch.Tensor | None = None
-        self.rows = 1
-
-    def set(self, masks: torch.Tensor, rows: int) -> None:
-        self.masks, self.rows = masks, rows
-
-    def _hook(self, pos: int) -> Callable:
-        module, offset, size = self.index.modules[pos], self.index.offsets[pos], self.index.sizes[pos]
-        axis = unit_axis(module)
-
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-            t = self.masks.shape[0]
-            grouped = output.view(t, self.rows, *output.shape[1:])  # (T, rows, ...)
-            shape = [t, 1] + [1] * (output.dim() - 1)
-            shape[axis + 1 if axis >= 0 else axis] = size  # the unit axis, shifted by the T axis
-            mask = self.masks[:, offset : offset + size].reshape(shape).to(output.dtype)
-            return (grouped * mask).view(output.shape)
-
-        return hook
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator["_UnitMasks"]:
-        handles = []
-        try:
-            for pos, module in enumerate(self.index.modules):
-                handles.append(module.register_forward_hook(self._hook(pos)))
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-@contextlib.contextmanager
-def _evaluated_without_weight_grads(model: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm running statistics) and no parameter gradients for the block; the
-    model's mode and `requires_grad` flags are restored afterwards, also on an error."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 def _chunks(n_targets: int, rows_per_target: int, chunk_rows: int) -> Iterator[slice]:
     """Slices of whole targets with at most `chunk_rows` rows each (at least one target)."""
     per = max(1, chunk_rows // rows_per_target)
@@ -228,14 +161,14 @@ def _chunks(n_targets: int, rows_per_target: int, chunk_rows: int) -> Iterator[s
 
 @torch.no_grad()
 def _predict_targets(
-    model: nn.Module, hooks: _UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int
+    model: nn.Module, hooks: UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int
 ) -> torch.Tensor:
     """The flip test, batched: the prediction (T,) for each target's own image (the first `draws`
     rows of its inputs (T, rows, C, H, W), logits averaged over them) under its mask row (T, U).
-    Needs `hooks` attached to `model` in eval mode."""
+    Needs `hooks` (`unit_masks`) on `model`, frozen in eval mode."""
     preds = []
     for part in _chunks(len(masks), draws, chunk_rows):
-        hooks.set(masks[part], draws)
+        hooks.set(masks[part])
         logits = model(inputs[part, :draws].flatten(0, 1))  # (t * draws, K)
         preds.append(logits.view(-1, draws, logits.shape[-1]).mean(1).argmax(-1))
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=inputs.device)
@@ -243,23 +176,21 @@ def _predict_targets(
 
 def flip_examples(
     model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
+    train_x: torch.Tensor,
+    train_labels: torch.Tensor,
     example_ids: Sequence[int],
     settings: FlipSettings = FlipSettings(),
-    targets_per_step: int = 32,
-    chunk_rows: int = 4096,
     on_result: Callable[[FlipResult], None] | None = None,
 ) -> list[FlipResult]:
     """Greedy flipping of every example in `example_ids` (fast path), results in that order.
 
-    `y_train` are the training labels (noisy where the label was flipped). At most
-    `targets_per_step` targets are active at once, each with its own mask row and reference
+    `train_labels` are the training labels (noisy where the label was flipped). At most
+    `settings.targets_per_step` targets are active at once, each with its own mask row and reference
     batch; a finished target is replaced by the next one. Each step (1) predicts every active
     target under its own masks, finishing those no longer predicted with their label or at the
     cap, then (2) computes `dJ/dm` for the rest in chunks of at most `chunk_rows` forward rows and
     zeroes each target's highest-scoring unit that is still on. The model is used in eval mode
-    with its own parameters untouched; hooks, mode and `requires_grad` are restored afterwards.
+    `frozen` (eval mode, no weight gradients) and is restored afterwards.
     `on_result` is called as each target finishes (e.g. to advance a progress bar).
 
     An example the model does not predict with its training label to begin with finishes at
@@ -267,7 +198,8 @@ def flip_examples(
     label, but a list of ids may hold such ones).
     """
     index = UnitIndex(model)
-    draws, n_train = settings.draws, len(x_train)
+    draws, n_train = settings.draws, len(train_x)
+    targets_per_step, chunk_rows = settings.targets_per_step, settings.chunk_rows
     batch = min(settings.batch_size, n_train)
     rows = batch * draws  # forward rows per target
     cap = min(settings.cap, index.total)
@@ -275,29 +207,28 @@ def flip_examples(
     # The active targets, as parallel lists and stacked tensors (rebuilt only when the set changes).
     ids: list[int] = []
     units: list[list[int]] = []
-    inputs = x_train.new_empty(0, rows, *x_train.shape[1:])  # (T, |B| * draws, C, H, W)
-    labels = y_train.new_empty(0, batch)  # (T, |B|) training labels of each reference batch
-    masks = x_train.new_ones(0, index.total)  # (T, U)
+    inputs = train_x.new_empty(0, rows, *train_x.shape[1:])  # (T, |B| * draws, C, H, W)
+    labels = train_labels.new_empty(0, batch)  # (T, |B|) training labels of each reference batch
+    masks = train_x.new_ones(0, index.total)  # (T, U)
     results: dict[int, FlipResult] = {}
-    hooks = _UnitMasks(index)
-    with _evaluated_without_weight_grads(model), hooks.attached():
+    with frozen(model), unit_masks(model) as hooks:
         while queue or ids:
             new = [queue.popleft() for _ in range(min(len(queue), targets_per_step - len(ids)))]
             if new:
                 batches = [reference_batch(e, n_train, batch, settings.seed) for e in new]
-                inputs = torch.cat([inputs, torch.stack([target_inputs(x_train, b, e, settings) for b, e in zip(batches, new)])])
-                labels = torch.cat([labels, torch.stack([y_train[b.to(y_train.device)] for b in batches])])
+                inputs = torch.cat([inputs, torch.stack([target_inputs(train_x, b, e, settings) for b, e in zip(batches, new)])])
+                labels = torch.cat([labels, torch.stack([train_labels[b.to(train_labels.device)] for b in batches])])
                 masks = torch.cat([masks, masks.new_ones(len(new), index.total)])  # every unit on at first
                 ids += new
                 units += [[] for _ in new]
 
             # (1) The flip test: each target's own input (its first `draws` rows) under its masks.
             preds = _predict_targets(model, hooks, masks, inputs, draws, chunk_rows).tolist()
-            done = [p != int(y_train[e]) or len(u) >= cap for p, e, u in zip(preds, ids, units)]
+            done = [p != int(train_labels[e]) or len(u) >= cap for p, e, u in zip(preds, ids, units)]
             if any(done):
                 for p, e, u, d in zip(preds, ids, units, done):
                     if d:
-                        results[e] = FlipResult(e, tuple(u), p != int(y_train[e]), p)
+                        results[e] = FlipResult(e, tuple(u), p != int(train_labels[e]), p)
                         if on_result is not None:
                             on_result(results[e])
                 keep = [k for k, d in enumerate(done) if not d]
@@ -310,7 +241,7 @@ def flip_examples(
             # own rows, so one backward per chunk fills those targets' rows of the gradient).
             leaf = masks.detach().requires_grad_(True)  # (T, U)
             for part in _chunks(len(ids), rows, chunk_rows):
-                hooks.set(leaf[part], rows)
+                hooks.set(leaf[part])
                 logits = model(inputs[part].flatten(0, 1))  # (t * |B| * draws, K)
                 logits = logits.view(-1, batch, draws, logits.shape[-1])  # (t, |B|, draws, K)
                 logits = logits.mean(2) if draws > 1 else logits.squeeze(2)  # (t, |B|, K)
@@ -323,15 +254,6 @@ def flip_examples(
     return [results[int(e)] for e in example_ids]
 
 
-def unit_masks(index: UnitIndex, unit_sets: Sequence[Sequence[int]], like: torch.Tensor) -> torch.Tensor:
-    """Masks (E, U) with 0 at each set's units and 1 elsewhere, dtype/device of `like`."""
-    masks = torch.ones(len(unit_sets), index.total, dtype=like.dtype, device=like.device)
-    for row, units in enumerate(unit_sets):
-        if len(units):
-            masks[row, list(units)] = 0.0
-    return masks
-
-
 @torch.no_grad()
 def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
     """Predictions (E, N) of the model under each of E unit masks (E, U) on the same inputs
@@ -340,17 +262,16 @@ def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, c
     Batched over masks: a chunk stacks the inputs once per mask of a group of masks, with at most
     `chunk_rows` rows (the inputs are split too when one mask's rows exceed it).
     """
-    hooks = _UnitMasks(UnitIndex(model))
     n = len(x)
     items = max(1, min(n, chunk_rows))  # inputs per block
     out = torch.empty(len(masks), n, dtype=torch.long, device=x.device)
-    with _evaluated_without_weight_grads(model), hooks.attached():
+    with frozen(model), unit_masks(model) as hooks:
         for i0 in range(0, n, items):
             block = x[i0 : i0 + items]  # (b, C, H, W)
             b = len(block)
             for part in _chunks(len(masks), b, chunk_rows):
                 t = part.stop - part.start
-                hooks.set(masks[part], b)
+                hooks.set(masks[part])
                 stacked = block.unsqueeze(0).expand(t, *block.shape).reshape(t * b, *block.shape[1:])  # (t * b, C, H, W)
                 out[part, i0 : i0 + b] = model(stacked).argmax(-1).view(t, b)
     return out
@@ -374,14 +295,14 @@ class EvalSet:
     """The fixed evaluation subset of collateral accuracy (on the device of the data)."""
 
     train_x: torch.Tensor  # (n, C, H, W)
-    train_y: torch.Tensor  # (n,) training labels
+    train_labels: torch.Tensor  # (n,) training labels
     train_noisy: torch.Tensor  # (n,) bool
     test_x: torch.Tensor  # (m, C, H, W)
-    test_y: torch.Tensor  # (m,)
+    test_labels: torch.Tensor  # (m,)
 
 
 def eval_set(
-    x_train: torch.Tensor, y_train: torch.Tensor, is_noisy: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+    train_x: torch.Tensor, train_labels: torch.Tensor, is_noisy: torch.Tensor, test_x: torch.Tensor, test_labels: torch.Tensor,
     train_size: int, test_size: int, seed: int,
 ) -> EvalSet:
     """A seeded uniform subset of `train_size` training and `test_size` test examples (0 = all)."""
@@ -392,16 +313,16 @@ def eval_set(
             return torch.arange(n)
         return torch.randperm(n, generator=g)[:size].sort().values
 
-    tr = pick(len(x_train), train_size).to(x_train.device)
-    te = pick(len(x_test), test_size).to(x_test.device)
-    return EvalSet(x_train[tr], y_train[tr], is_noisy[tr], x_test[te], y_test[te])
+    tr = pick(len(train_x), train_size).to(train_x.device)
+    te = pick(len(test_x), test_size).to(test_x.device)
+    return EvalSet(train_x[tr], train_labels[tr], is_noisy[tr], test_x[te], test_labels[te])
 
 
 def collateral(model: nn.Module, masks: torch.Tensor, evals: EvalSet, chunk_rows: int = 4096) -> dict[str, np.ndarray]:
     """Accuracy after each of E edits (masks (E, U)): clean training examples (their labels),
     noisy training examples (their noisy labels, i.e. memorization) and test examples."""
-    train = masked_predictions(model, masks, evals.train_x, chunk_rows=chunk_rows) == evals.train_y  # (E, n)
-    test = masked_predictions(model, masks, evals.test_x, chunk_rows=chunk_rows) == evals.test_y  # (E, m)
+    train = masked_predictions(model, masks, evals.train_x, chunk_rows=chunk_rows) == evals.train_labels  # (E, n)
+    test = masked_predictions(model, masks, evals.test_x, chunk_rows=chunk_rows) == evals.test_labels  # (E, m)
 
     def mean(correct: torch.Tensor) -> np.ndarray:
         if correct.shape[1] == 0:
@@ -416,13 +337,13 @@ def collateral(model: nn.Module, masks: torch.Tensor, evals: EvalSet, chunk_rows
 
 
 def select_targets(
-    predictions: torch.Tensor, y_train: torch.Tensor, is_noisy: torch.Tensor, n_noisy: int, n_clean: int, seed: int
+    predictions: torch.Tensor, train_labels: torch.Tensor, is_noisy: torch.Tensor, n_noisy: int, n_clean: int, seed: int
 ) -> list[int]:
     """Seeded choice of targets: `n_noisy` memorized noisy examples (predicted with their noisy
     label) and `n_clean` clean examples predicted correctly (-1 = all of them; fewer if fewer
     exist), noisy first, each kind in increasing id order."""
     g = _generator(seed, 0, _TARGETS_STREAM)
-    fits = (predictions == y_train).cpu()
+    fits = (predictions == train_labels).cpu()
     noisy = is_noisy.cpu()
     chosen: list[int] = []
     for kind_mask, n in ((noisy & fits, n_noisy), (~noisy & fits, n_clean)):
@@ -433,15 +354,24 @@ def select_targets(
     return chosen
 
 
+#: Columns of the `flipping` table (one row per target), see `flip_table`.
+COLUMNS = [
+    "example_id", "kind", "n_units", "flipped", "units", "new_prediction", "acc_clean_after", "acc_noisy_after",
+    "acc_test_after", "random_flipped", "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after",
+    "random_acc_test_after",
+]
+#: Columns of the `flip_units` table (one row per unit of some flip set), see `unit_table`.
+UNIT_COLUMNS = ["unit", "layer", "layer_index", "n_examples", "n_noisy", "n_clean"]
+
+
 def flip_table(
     model: nn.Module,
     results: Sequence[FlipResult],
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
+    train_x: torch.Tensor,
+    train_labels: torch.Tensor,
     is_noisy: torch.Tensor,
     evals: EvalSet,
     settings: FlipSettings,
-    chunk_rows: int = 4096,
 ) -> pd.DataFrame:
     """The `flipping` rows of `results`: the flip set and its collateral accuracy, and for each
     flipped example the random control (same number of units per layer, seeded): whether it
@@ -456,14 +386,14 @@ def flip_table(
     index = UnitIndex(model)
     flipped = [r for r in results if r.flipped]
     controls = [random_units(index, r.units, r.example_id, settings.seed) for r in flipped]
-    masks = unit_masks(index, [r.units for r in results] + controls, x_train)  # (E + F, U)
-    acc = collateral(model, masks, evals, chunk_rows)
+    masks = index.masks([r.units for r in results] + controls, train_x)  # (E + F, U)
+    acc = collateral(model, masks, evals, settings.chunk_rows)
     control_preds: list[int] = []
     if flipped:  # does the random control flip the example? (its own image, as in the flip test)
-        inputs = torch.stack([target_inputs(x_train, torch.tensor([r.example_id]), r.example_id, settings) for r in flipped])
-        hooks = _UnitMasks(index)
-        with _evaluated_without_weight_grads(model), hooks.attached():
-            control_preds = _predict_targets(model, hooks, masks[len(results):], inputs, settings.draws, chunk_rows).tolist()
+        inputs = torch.stack([target_inputs(train_x, torch.tensor([r.example_id]), r.example_id, settings) for r in flipped])
+        with frozen(model), unit_masks(model) as hooks:
+            control_preds = _predict_targets(model, hooks, masks[len(results):], inputs, settings.draws,
+                                             settings.chunk_rows).tolist()
     e = len(results)
     table = pd.DataFrame({
         # Explicit dtypes, so that a table without rows has the same column types.
@@ -477,7 +407,7 @@ def flip_table(
     })
     row = {r.example_id: i for i, r in enumerate(flipped)}
     pos = [row.get(r.example_id) for r in results]
-    labels = [int(y_train[r.example_id]) for r in results]
+    labels = [int(train_labels[r.example_id]) for r in results]
     table["random_flipped"] = pd.array([None if p is None else control_preds[p] != y for p, y in zip(pos, labels)], dtype="boolean")
     table["random_new_prediction"] = pd.array([None if p is None else control_preds[p] for p in pos], dtype="Int64")
     for key, values in acc.items():
@@ -501,8 +431,7 @@ def unit_table(flipping: pd.DataFrame, model: nn.Module) -> pd.DataFrame:
             })
             row["n_examples"] += 1
             row[f"n_{kind}"] += 1
-    columns = ["unit", "layer", "layer_index", "n_examples", "n_noisy", "n_clean"]
-    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=columns)
+    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=UNIT_COLUMNS)
 
 
 def summary(flipping: pd.DataFrame) -> dict[str, float | None]:

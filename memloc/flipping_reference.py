@@ -12,7 +12,7 @@ Used only by tests and `benchmarks/neuron_flipping.py` to check the fast path
    lowest index in the global unit order).
 
 The model is evaluated as trained (eval mode: BatchNorm with its running statistics). The
-reference batch, the robust variant's noise and the unit order are the conventions documented
+reference batch, robust flipping's noise and the unit order are the conventions documented
 in `memloc.flipping`, shared so both paths solve the same problem.
 """
 
@@ -24,21 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memloc.flipping import FlipResult, FlipSettings, UnitIndex, reference_batch, target_inputs
+from memloc.flipping import FlipResult, FlipSettings, reference_batch, target_inputs
+from memloc.interventions import UnitIndex
 
 
 def reference_flip(
-    model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, example_id: int, settings: FlipSettings = FlipSettings()
+    model: nn.Module, train_x: torch.Tensor, train_labels: torch.Tensor, example_id: int, settings: FlipSettings = FlipSettings()
 ) -> FlipResult:
     """Greedy flipping of one example on a copy of `model`, with weight gradients."""
     edited = copy.deepcopy(model).eval()
     index = UnitIndex(edited)
     draws = settings.draws
-    n_train = len(x_train)
+    n_train = len(train_x)
     batch = reference_batch(example_id, n_train, min(settings.batch_size, n_train), settings.seed)
-    inputs = target_inputs(x_train, batch, example_id, settings)  # (|B| * draws, C, H, W)
-    labels = y_train[batch.to(y_train.device)]  # (|B|,)
-    label = int(y_train[example_id])
+    inputs = target_inputs(train_x, batch, example_id, settings)  # (|B| * draws, C, H, W)
+    labels = train_labels[batch.to(train_labels.device)]  # (|B|,)
+    label = int(train_labels[example_id])
     layers = index.modules
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     cap = min(settings.cap, index.total)

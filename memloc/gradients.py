@@ -18,19 +18,19 @@ its step, after this).
 and therefore the trained model, is bitwise the same with accounting on or off) plus exactly
 one more gradient, and keeps the epoch sums on the device (one host copy per epoch):
 
-- `mode == "clean"`, models whose layers couple the examples of a batch (BatchNorm in train
+- strategy `"clean"`, models whose layers couple the examples of a batch (BatchNorm in train
   mode, dropout, or any layer type not known to treat examples independently): after the
   ordinary backward (graph retained), `g_clean` by `torch.autograd.grad` through the whole
   batch's graph; `g_noisy = g_total - g_clean`. Two backward passes instead of the naive three.
 - Models whose layers all treat examples independently: then the loss of the noisy examples
   depends on the noisy examples alone, and `g_noisy` comes from them (the same function, so
   the same gradient up to float rounding); `g_clean = g_total - g_noisy`.
-  - `mode == "layers"` (the MLP, the CNN): every parameter belongs to a Linear, Conv2d or
+  - strategy `"layers"` (the MLP, the CNN): every parameter belongs to a Linear, Conv2d or
     LayerNorm layer called once per forward. Hooks keep each layer's input and read its output
     gradient during the ordinary backward; the noisy rows of the two give the layer's noisy
     gradient (Linear: `g_N^T a_N`; Conv2d: the weight gradient of the noisy rows; LayerNorm:
     `sum g_N * xhat_N`). No extra forward or backward pass.
-  - `mode == "noisy"` (the ViT, whose `cls_token` and `pos_embed` belong to no layer): a
+  - strategy `"noisy"` (the ViT, whose `cls_token` and `pos_embed` belong to no layer): a
     forward and backward pass over just the batch's noisy examples (~10% of the batch), from
     the batch input that a forward pre-hook keeps a reference to.
 
@@ -42,6 +42,8 @@ The naive reference (three backward passes per batch, host copies) is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -49,6 +51,27 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from memloc.settings import check, epoch_list, setting
+from memloc.train import TrainSettings
+
+
+@dataclass(frozen=True)
+class GradientsSettings:
+    """The `gradients` section of a run: accounting during training, per-example norms after."""
+
+    accounting: bool = setting(True, "during training, per epoch and layer group: clean, noisy and total gradient norms (tables gradients, gradient_tensors)")
+    example_epochs: tuple = setting((), "checkpoints at which stage example_gradients computes every example's gradient norm per group; "
+                                    "empty = the epoch where the lr peaks, the middle and the last")
+    chunk_size: int = setting(256, "examples per batched pass of per-example gradient norms (bounds memory)")
+
+    def __post_init__(self):
+        epoch_list(self.example_epochs, "example_epochs", "[10, 25, 50]")
+        check(self.chunk_size >= 1, "chunk_size", "an integer >= 1", self.chunk_size)
+
+    def epochs_for(self, train: TrainSettings) -> list[int]:
+        """The checkpoints of the per-example gradient norms, sorted, each once."""
+        auto = (round(train.peak_epoch), (train.epochs + 1) // 2, train.epochs)
+        return sorted(set(self.example_epochs or auto))
 
 #: Layer types that process each example on its own in train mode (no batch statistics, no
 #: random masks). A model whose every leaf module is one of these (and whose own forward code
@@ -141,21 +164,21 @@ class GradientAccounting:
         layers = {m: _noisy_rule(m) for m in model.modules() if list(m.parameters(recurse=False))}
         covered = all(rule is not None for rule in layers.values())
         if not examples_independent(model):
-            self.mode = "clean"
+            self.strategy = "clean"
         elif covered:
-            self.mode = "layers"
+            self.strategy = "layers"
             self._handles.append(model.register_forward_pre_hook(lambda module, args: self._calls.clear()))
             for m in layers:
                 own = [(name, slot[id(p)]) for name, p in m.named_parameters(recurse=False) if id(p) in slot]
                 self._handles.append(m.register_forward_hook(self._layer_hook(own)))
         else:
-            self.mode = "noisy"
+            self.strategy = "noisy"
             self._handles.append(model.register_forward_pre_hook(self._keep_input))
 
     @property
     def part(self) -> str:
         """Which part the second gradient is: "clean" or "noisy" (the other is total - part)."""
-        return "clean" if self.mode == "clean" else "noisy"
+        return "clean" if self.strategy == "clean" else "noisy"
 
     def _keep_input(self, module: nn.Module, args: tuple) -> None:
         if module.training and torch.is_grad_enabled():
@@ -194,20 +217,20 @@ class GradientAccounting:
     def __call__(self, loss: torch.Tensor, batch_ids: torch.Tensor) -> None:
         b = loss.shape[0]
         noisy = self.is_noisy[batch_ids]  # (B,) bool
-        if self.mode == "layers" and any(c != 1 for c in self._calls.values()):
+        if self.strategy == "layers" and any(c != 1 for c in self._calls.values()):
             # A layer ran twice in the forward (shared weights): its gradient sums two calls the
             # per-call rule cannot tell apart. Seen at the first batch, while the sums are still
             # zero, so switching to the second backward through the whole graph is consistent.
             self.close()
-            self.mode = "clean"
+            self.strategy = "clean"
         part = None
-        if self.mode == "clean":
+        if self.strategy == "clean":
             # The ordinary batch gradient first (keeping the graph changes no arithmetic), then
             # the clean part; this order lets the second pass free the graph as it goes.
             loss.mean().backward(retain_graph=True)
             clean_sum = (loss * (~noisy).to(loss.dtype)).sum() / b  # (b_c / B) * mean clean CE
             part = torch.autograd.grad(clean_sum, self.params, materialize_grads=True)
-        elif self.mode == "layers":
+        elif self.strategy == "layers":
             self._rows = noisy.nonzero().squeeze(1)  # (b_n,)
             try:
                 loss.mean().backward()  # the ordinary batch gradient; the layer hooks add the noisy part
@@ -253,6 +276,12 @@ def finish_values(raw: np.ndarray, numels: list[int]) -> np.ndarray:
     return out
 
 
+#: Columns of the `gradient_tensors` table (one row per epoch and parameter tensor).
+TENSOR_COLUMNS = ["epoch", "group", "tensor", "numel", "clean_norm", "noisy_norm", "total_norm", "cosine"]
+#: Columns of the `gradients` table (one row per epoch and layer group).
+COLUMNS = ["epoch", "group", "group_index", "clean_norm", "noisy_norm", "total_norm", "cosine"]
+
+
 def tensor_table(epochs: list[int], values: np.ndarray, groups: list[str], names: list[str],
                  numels: list[int]) -> pd.DataFrame:
     """The `gradient_tensors` table from per-epoch (E, P, 4) values."""
@@ -281,5 +310,13 @@ def group_table(tensors: pd.DataFrame, group_order: list[str]) -> pd.DataFrame:
     return out.sort_values(["epoch", "group_index"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["GradientAccounting", "INDEPENDENT_LAYERS", "examples_independent", "parameter_groups",
-           "finish_values", "tensor_table", "group_table"]
+def noisy_share(gradients: pd.DataFrame) -> pd.DataFrame:
+    """The `gradients` table with `noisy_share = noisy_norm / (clean_norm + noisy_norm)`: how much
+    of a group's gradient the noisy examples contribute."""
+    out = gradients.copy()
+    out["noisy_share"] = out["noisy_norm"] / (out["clean_norm"] + out["noisy_norm"])
+    return out
+
+
+__all__ = ["GradientsSettings", "GradientAccounting", "INDEPENDENT_LAYERS", "examples_independent", "parameter_groups",
+           "finish_values", "TENSOR_COLUMNS", "COLUMNS", "tensor_table", "group_table", "noisy_share"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from memloc.gradients import parameter_groups
+from memloc.interventions import eval_mode
 
 
 class ReferenceAccounting:
@@ -89,18 +90,14 @@ def reference_example_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
     mode), then per group sqrt(sum over its tensors of ||grad||^2)."""
     entries = parameter_groups(model)
     groups = list(dict.fromkeys(g for g, _, _ in entries))
-    was_training = model.training
-    model.eval()
     out = torch.zeros(x.shape[0], len(groups), dtype=torch.float64)
-    try:
+    with eval_mode(model):
         for i in range(x.shape[0]):
             loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
             grads = torch.autograd.grad(loss, [p for _, _, p in entries], allow_unused=True)
             for (group, _, _), g in zip(entries, grads):
                 if g is not None:
                     out[i, groups.index(group)] += g.double().square().sum().cpu()
-    finally:
-        model.train(was_training)
     return groups, out.sqrt()
 
 

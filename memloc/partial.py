@@ -27,6 +27,8 @@ from typing import Iterable
 import torch
 from torch import fx, nn
 
+from models import in_group
+
 
 class _GroupTracer(fx.Tracer):
     """Traces into the model, but keeps the modules named by layer-group prefixes as one call each."""
@@ -53,7 +55,8 @@ def trace(model: nn.Module) -> fx.Graph:
 
 def _touches(target: str, paths: Iterable[str]) -> bool:
     """Whether module/attribute `target` is, lies inside, or contains one of `paths`."""
-    return any(target == p or target.startswith(p + ".") or p.startswith(target + ".") for p in paths)
+    paths = tuple(paths)
+    return in_group(target, paths) or any(in_group(p, (target,)) for p in paths)
 
 
 @dataclass

@@ -13,38 +13,71 @@ in a seeded random order per epoch, without augmentation.
 Reading: noisy accuracy that comes back although the group never saw a noisy example means the
 rest of the network still holds that memorization; if it stays low the group was needed for it.
 
-Freezing is real: frozen parameters have `requires_grad=False` and are not given to the
-optimizer (so weight decay and momentum never touch them), and every module outside the group is
-kept in eval mode, so frozen BatchNorm statistics stay fixed. Only the group's modules are in
-train mode. (The authors' script set `requires_grad` on state-dict copies and trained every
-layer, on the noisy examples; memloc does not copy that.)
+Freezing is real: retraining runs inside `memloc.interventions.frozen(model, [group])`, so
+frozen parameters have `requires_grad=False` and are not given to the optimizer (weight decay
+and momentum never touch them), and every module outside the group is kept in eval mode, so
+frozen BatchNorm statistics stay fixed. Only the group's modules are in train mode. Afterwards
+the model is the final model again, bitwise. (The authors' script set `requires_grad` on
+state-dict copies and trained every layer, on the noisy examples; memloc does not copy that.)
 
 Speed: the frozen layers before the group compute the same activations in every epoch, so the
 activations at the cut in front of the group (`memloc.partial`) are computed once for all
 training and test examples and training runs only the rest of the network (when they fit in
 `cache_bytes`; otherwise every batch runs the whole network). `retrain_reference` is the literal
 version that runs the whole model every step; tests compare the two.
+
+- `retrain_group(model, init_state, group, ...)`: the table rows of one group;
+- `retrained(...)`: the same as a scope in which the model holds the retrained group (to look
+  at the retrained weights); the model is restored when it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memloc.config import RetrainConfig
-from memloc.evaluate import Labels, evaluate, population_metrics
-from memloc.interventions import group_state_names
+from memloc.data import Labels
+from memloc.evaluate import ACCURACIES, evaluate, population_metrics
+from memloc.interventions import Frozen, frozen, group_state_names
 from memloc.partial import Split, frontier_bytes, group_paths, split
 from memloc.schedule import one_cycle_lr
+from memloc.settings import check, setting
 from memloc.train import epoch_generator
+from models import in_group
 
 #: Columns of the `retraining` table (control row: group "none", group_index -1, epoch 0).
-COLUMNS = ["group", "group_index", "epoch", "clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"]
-METRICS = COLUMNS[3:]
+COLUMNS = ["group", "group_index", "epoch", *ACCURACIES]
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """The `retrain` section of a run (the authors' values by default)."""
+
+    lr: float = setting(0.01, "peak learning rate of the triangle schedule")
+    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0, falls to 0 at max_epochs)")
+    max_epochs: int = setting(20, "most retraining epochs per layer group")
+    patience: int = setting(3, "stop after this many epochs ended at 100% clean accuracy")
+    batch_size: int = setting(0, "batch size of retraining; 0 = train.batch_size")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+    cache_mb: int = setting(1024, "memory (MiB) for the frozen activations in front of the group, computed once; larger runs the whole model per batch")
+
+    def __post_init__(self):
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number", self.lr)
+        check(self.max_epochs >= 1, "max_epochs", "an integer >= 1", self.max_epochs)
+        check(0 < self.peak_epoch <= self.max_epochs, "peak_epoch", f"in (0, retrain.max_epochs={self.max_epochs}]", self.peak_epoch)
+        check(self.patience >= 1, "patience", "an integer >= 1", self.patience)
+        check(self.batch_size >= 0, "batch_size", "0 (= train.batch_size) or an integer >= 1", self.batch_size)
+        check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
 
 
 @dataclass(frozen=True)
@@ -54,38 +87,17 @@ class RetrainData:
     train_x: torch.Tensor  # (N, C, H, W)
     labels: Labels
     test_x: torch.Tensor  # (M, C, H, W)
-    test_y: torch.Tensor  # (M,)
+    test_labels: torch.Tensor  # (M,)
 
 
-def reset_and_freeze(model: nn.Module, init_state: dict[str, torch.Tensor], group: str) -> list[nn.Parameter]:
-    """Reset `group` to `init_state` (parameters and buffers), freeze every other parameter;
-    return the group's parameters (the only ones to give the optimizer)."""
-    names = set(group_state_names(model, group, include_buffers=True))
-    model.load_state_dict({name: init_state[name] for name in names}, strict=False)
-    trained = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in names)
-        if name in names:
-            trained.append(param)
-    return trained
+def _optimizer(params: list[nn.Parameter], settings: RetrainSettings) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=0.0, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def train_modes(model: nn.Module, group: str) -> None:
-    """Eval mode everywhere (frozen BatchNorm statistics stay fixed), train mode in the group."""
-    prefixes = model.layer_groups[group]
-    model.eval()
-    for name, module in model.named_modules():
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            module.train()
-
-
-def _optimizer(params: list[nn.Parameter], cfg: RetrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _lr(cfg: RetrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+def _lr(settings: RetrainSettings, epoch: int, step: int, steps_per_epoch: int) -> float:
     """The triangle schedule at batch `step` of 1-based `epoch`."""
-    return one_cycle_lr((epoch - 1) * steps_per_epoch + step, steps_per_epoch, cfg.max_epochs, cfg.peak_epoch, cfg.lr)
+    return one_cycle_lr((epoch - 1) * steps_per_epoch + step, steps_per_epoch, settings.max_epochs,
+                        settings.peak_epoch, settings.lr)
 
 
 def _epoch_order(clean_ids: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
@@ -95,7 +107,7 @@ def _epoch_order(clean_ids: torch.Tensor, seed: int, epoch: int) -> torch.Tensor
 
 
 def _row(metrics: dict[str, float], epoch: int) -> dict:
-    return {"epoch": epoch, **{k: metrics[k] for k in METRICS}}
+    return {"epoch": epoch, **{k: metrics[k] for k in ACCURACIES}}
 
 
 class _Cut:
@@ -136,7 +148,57 @@ class _Cut:
 
     def metrics(self) -> dict[str, float]:
         d = self.data
-        return population_metrics(self._logits(d.train_x, self.train), self._logits(d.test_x, self.test), d.labels, d.test_y)
+        return population_metrics(self._logits(d.train_x, self.train), self._logits(d.test_x, self.test), d.labels, d.test_labels)
+
+
+def _retrain(part: Frozen, init_state: dict[str, torch.Tensor], group: str, data: RetrainData,
+             settings: RetrainSettings, batch_size: int, seed: int, eval_batch_size: int, cache_bytes: int) -> list[dict]:
+    """Reset `group` to `init_state` and train it inside `frozen` (the scope that `part` belongs to)."""
+    model = part.model
+    with torch.no_grad():
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        for name in group_state_names(model, group, include_buffers=True):
+            tensors[name].copy_(init_state[name])
+    optimizer = _optimizer(part.parameters, settings)
+    cut = _Cut(split(model, group_paths(model, [group])), data, eval_batch_size, cache_bytes)
+    rows = [_row(cut.metrics(), 0)]
+    clean_ids = (~data.labels.is_noisy).nonzero().squeeze(1)  # (n_clean,)
+    steps = -(-len(clean_ids) // batch_size)
+    at_full = 0
+    for epoch in range(1, settings.max_epochs + 1):
+        part.train()
+        for step, ids in enumerate(_epoch_order(clean_ids, seed, epoch).split(batch_size)):
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = _lr(settings, epoch, step, steps)
+            loss = F.cross_entropy(cut.forward(ids), data.labels.train_labels[ids])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        part.eval()
+        rows.append(_row(cut.metrics(), epoch))
+        at_full += rows[-1]["clean_acc"] == 1.0
+        if at_full >= settings.patience:
+            break
+    return rows
+
+
+@contextlib.contextmanager
+def retrained(
+    model: nn.Module,
+    init_state: dict[str, torch.Tensor],
+    group: str,
+    data: RetrainData,
+    settings: RetrainSettings,
+    batch_size: int,
+    seed: int,
+    eval_batch_size: int = 4096,
+    cache_bytes: int = 1 << 30,
+) -> Iterator[list[dict]]:
+    """`model` (the final model) with `group` retrained from its initialization on the clean
+    examples, for the block; yields one row per epoch (0 = after the reset), see the module
+    docstring. When the block ends the model is the final model again, bitwise."""
+    with frozen(model, [group]) as part:
+        yield _retrain(part, init_state, group, data, settings, batch_size, seed, eval_batch_size, cache_bytes)
 
 
 def retrain_group(
@@ -144,37 +206,16 @@ def retrain_group(
     init_state: dict[str, torch.Tensor],
     group: str,
     data: RetrainData,
-    cfg: RetrainConfig,
+    settings: RetrainSettings,
     batch_size: int,
     seed: int,
     eval_batch_size: int = 4096,
     cache_bytes: int = 1 << 30,
 ) -> list[dict]:
-    """Retrain `group` of `model` (the final model; edited in place) from its initialization on
-    the clean examples; one row per epoch (0 = after the reset), see the module docstring."""
-    params = reset_and_freeze(model, init_state, group)
-    optimizer = _optimizer(params, cfg)
-    model.eval()
-    cut = _Cut(split(model, group_paths(model, [group])), data, eval_batch_size, cache_bytes)
-    rows = [_row(cut.metrics(), 0)]
-    clean_ids = (~data.labels.is_noisy).nonzero().squeeze(1)  # (n_clean,)
-    steps = -(-len(clean_ids) // batch_size)
-    at_full = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        train_modes(model, group)
-        for step, ids in enumerate(_epoch_order(clean_ids, seed, epoch).split(batch_size)):
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = _lr(cfg, epoch, step, steps)
-            loss = F.cross_entropy(cut.forward(ids), data.labels.train[ids])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        rows.append(_row(cut.metrics(), epoch))
-        at_full += rows[-1]["clean_acc"] == 1.0
-        if at_full >= cfg.patience:
-            break
-    return rows
+    """The `retraining` rows of `group` (one per epoch, 0 = after the reset); `model` is
+    restored afterwards."""
+    with retrained(model, init_state, group, data, settings, batch_size, seed, eval_batch_size, cache_bytes) as rows:
+        return rows
 
 
 def retrain_reference(
@@ -182,7 +223,7 @@ def retrain_reference(
     init_state: dict[str, torch.Tensor],
     group: str,
     data: RetrainData,
-    cfg: RetrainConfig,
+    settings: RetrainSettings,
     batch_size: int,
     seed: int,
     eval_batch_size: int = 4096,
@@ -195,28 +236,32 @@ def retrain_reference(
     model.load_state_dict(init, strict=False)
     for name, param in model.named_parameters():
         param.requires_grad = name in init
-    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    prefixes = model.layer_groups[group]
     d = data
 
     def measure(epoch: int) -> dict:
-        return _row(evaluate(model, d.train_x, d.labels, d.test_x, d.test_y, eval_batch_size), epoch)
+        return _row(evaluate(model, d.train_x, d.labels, d.test_x, d.test_labels, eval_batch_size), epoch)
 
     rows = [measure(0)]
     clean_ids = torch.tensor([i for i in range(len(d.train_x)) if not d.labels.is_noisy[i]], device=d.train_x.device)
     steps = -(-len(clean_ids) // batch_size)
     at_full = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        train_modes(model, group)
+    for epoch in range(1, settings.max_epochs + 1):
+        model.eval()  # frozen modules (BatchNorm) keep their statistics; the group's train
+        for name, module in model.named_modules():
+            if in_group(name, prefixes):
+                module.train()
         for step, ids in enumerate(_epoch_order(clean_ids, seed, epoch).split(batch_size)):
             for param_group in optimizer.param_groups:
-                param_group["lr"] = _lr(cfg, epoch, step, steps)
-            loss = F.cross_entropy(model(d.train_x[ids]), d.labels.train[ids])
+                param_group["lr"] = _lr(settings, epoch, step, steps)
+            loss = F.cross_entropy(model(d.train_x[ids]), d.labels.train_labels[ids])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         rows.append(measure(epoch))
         if rows[-1]["clean_acc"] == 1.0:
             at_full += 1
-        if at_full >= cfg.patience:
+        if at_full >= settings.patience:
             break
     return rows, model

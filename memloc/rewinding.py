@@ -5,7 +5,7 @@ Take the final model, replace the state of one layer group by its value at an ea
 labels, noisy training examples against their *noisy* labels (memorization: a group whose
 rewinding leaves this at ~100% is redundant for memorization), noisy examples against their true
 labels, and the test set. BatchNorm running statistics belong to the group's state and are
-rewound with it unless `include_buffers=False` (the authors' variant).
+rewound with it unless `include_buffers=False` (as the authors did).
 
 Speed: the data stay on the device and are evaluated in large batches. Rewinding group g leaves
 every activation before g as in the final model, so for each group the activations at the cut
@@ -31,13 +31,36 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memloc.evaluate import Labels, population_metrics, predict
+from memloc.data import Labels
+from memloc.evaluate import ACCURACIES, population_metrics, predict
 from memloc.interventions import Rewind, group_state_names, intervene
 from memloc.partial import Split, frontier_bytes, group_paths, split, trace
+from memloc.settings import check, epoch_list, setting
+from memloc.train import TrainSettings
 
 #: Columns of the `rewinding` table (the explorer reads exactly these).
-COLUMNS = ["group", "group_index", "epoch", "include_buffers", "clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"]
+COLUMNS = ["group", "group_index", "epoch", "include_buffers", *ACCURACIES]
+#: Columns of the `rewinding_examples` table.
+EXAMPLE_COLUMNS = ["group", "epoch", "example_id", "memorized"]
 DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB of cached activations at the cut
+
+
+@dataclass(frozen=True)
+class RewindSettings:
+    """The `rewind` section of a run."""
+
+    epochs: tuple = setting((), "checkpoints each layer group is rewound to; empty = 0, 1, 2, 4, 6, ... and the last epoch")
+    include_buffers: bool = setting(True, "rewind BatchNorm running statistics with the parameters (false: parameters only, as the authors did)")
+    cache_mb: int = setting(1024, "memory (MiB) for the activations in front of the rewound group, computed once per group; more data runs in chunks")
+
+    def __post_init__(self):
+        epoch_list(self.epochs, "epochs", "[0, 5, 10]")
+        check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
+
+    def epochs_for(self, train: TrainSettings) -> list[int]:
+        """The rewind epochs, sorted, each once (auto: 0, 1, 2, 4, 6, ... and the last)."""
+        auto = {0, 1, *range(2, train.epochs, 2), train.epochs}
+        return sorted(set(self.epochs) if self.epochs else auto)
 
 
 @dataclass(frozen=True)
@@ -50,12 +73,12 @@ class RewindResult:
 
     def memorized(self, labels: Labels) -> torch.Tensor:
         """(N,) bool: noisy examples still predicted with their noisy label."""
-        return labels.is_noisy & (self.train_pred == labels.train)
+        return labels.is_noisy & (self.train_pred == labels.train_labels)
 
 
-def _result(logits: torch.Tensor, n_train: int, labels: Labels, test_y: torch.Tensor) -> RewindResult:
+def _result(logits: torch.Tensor, n_train: int, labels: Labels, test_labels: torch.Tensor) -> RewindResult:
     train, test = logits[:n_train], logits[n_train:]  # (N, K), (M, K)
-    return RewindResult(population_metrics(train, test, labels, test_y), train.argmax(1), test.argmax(1))
+    return RewindResult(population_metrics(train, test, labels, test_labels), train.argmax(1), test.argmax(1))
 
 
 class RewindEvaluator:
@@ -72,13 +95,13 @@ class RewindEvaluator:
         train_x: torch.Tensor,
         labels: Labels,
         test_x: torch.Tensor,
-        test_y: torch.Tensor,
+        test_labels: torch.Tensor,
         batch_size: int = 4096,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.model = model.eval()
         self.checkpoint = checkpoint
-        self.labels, self.test_y = labels, test_y
+        self.labels, self.test_labels = labels, test_labels
         self.n_train = len(train_x)
         # Batches exactly as `memloc.evaluate.predict` cuts them, so results match it bitwise.
         self.batches = [*train_x.split(batch_size), *test_x.split(batch_size)]
@@ -92,7 +115,7 @@ class RewindEvaluator:
         """The evaluator of an opened run (`memloc.runs.open_run`) at its last checkpoint."""
         data = opened.data
         return cls(
-            opened.model(), opened.checkpoint, data.train_x, opened.labels, data.test_x, data.test_y,
+            opened.model(), opened.checkpoint, data.train_x, opened.labels, data.test_x, data.test_labels,
             batch_size or opened.config.train.eval_batch_size, cache_bytes,
         )
 
@@ -141,7 +164,7 @@ class RewindEvaluator:
         if not rewinds or not all(isinstance(r, Rewind) for r in rewinds):
             raise ValueError(f"expected a non-empty list of Rewind values, got {rewinds!r}")
         (logits,) = self._logits([r.group for r in rewinds], [rewinds])
-        return _result(logits, self.n_train, self.labels, self.test_y)
+        return _result(logits, self.n_train, self.labels, self.test_labels)
 
     def grid(self, groups: Iterable[str], epochs: Iterable[int], include_buffers: bool = True) -> Iterator[tuple[Rewind, RewindResult]]:
         """Every group rewound alone to every epoch: (Rewind, result), group by group."""
@@ -149,7 +172,7 @@ class RewindEvaluator:
         for group in groups:
             cells = [[Rewind(group, epoch, include_buffers)] for epoch in epochs]
             for (item,), logits in zip(cells, self._logits([group], cells)):
-                yield item, _result(logits, self.n_train, self.labels, self.test_y)
+                yield item, _result(logits, self.n_train, self.labels, self.test_labels)
 
 
 def evaluate_rewind(opened, rewinds: Sequence[Rewind], model: nn.Module | None = None) -> RewindResult:
@@ -168,7 +191,7 @@ def evaluate_rewind(opened, rewinds: Sequence[Rewind], model: nn.Module | None =
     data, bs = opened.data, opened.config.train.eval_batch_size
     with intervene(model, rewinds, opened.checkpoint):
         logits = torch.cat([predict(model, data.train_x, bs), predict(model, data.test_x, bs)])  # (N + M, K)
-    return _result(logits, data.num_train, opened.labels, data.test_y)
+    return _result(logits, data.num_train, opened.labels, data.test_labels)
 
 
 def rewind_reference(
@@ -178,7 +201,7 @@ def rewind_reference(
     train_x: torch.Tensor,
     labels: Labels,
     test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    test_labels: torch.Tensor,
     batch_size: int = 4096,
 ) -> RewindResult:
     """Naive reference, literally PAPER.md: copy the final model, load the group's tensors from
@@ -188,7 +211,7 @@ def rewind_reference(
     names = group_state_names(edited, rewind.group, rewind.include_buffers)
     edited.load_state_dict({name: state[name] for name in names}, strict=False)
     logits = torch.cat([predict(edited, train_x, batch_size), predict(edited, test_x, batch_size)])
-    return _result(logits, len(train_x), labels, test_y)
+    return _result(logits, len(train_x), labels, test_labels)
 
 
 def grid_tables(model: nn.Module, results: Iterable[tuple[Rewind, RewindResult]], labels: Labels, example_epoch: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -200,9 +223,10 @@ def grid_tables(model: nn.Module, results: Iterable[tuple[Rewind, RewindResult]]
     for item, result in results:
         rows.append({"group": item.group, "group_index": index[item.group], "epoch": item.epoch,
                      "include_buffers": item.include_buffers,
-                     **{k: result.metrics[k] for k in COLUMNS[4:]}})
+                     **{k: result.metrics[k] for k in ACCURACIES}})
         if item.epoch == example_epoch:
             memorized = result.memorized(labels)[noisy_ids]  # (n_noisy,)
             examples.append(pd.DataFrame({"group": item.group, "epoch": item.epoch,
-                                          "example_id": noisy_ids.cpu().numpy(), "memorized": memorized.cpu().numpy()}))
+                                          "example_id": noisy_ids.cpu().numpy(), "memorized": memorized.cpu().numpy()},
+                                         columns=EXAMPLE_COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS), pd.concat(examples, ignore_index=True)

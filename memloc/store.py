@@ -5,17 +5,26 @@ runs/<run>/
   manifest.json        schema_version, resolved config, library versions, seed, data
                        fingerprint, per-stage status and timings, sha256 of every artifact
   labels.npz           true label, training label, is_noisy per training example
-  checkpoints/epoch_NNN.safetensors     model state after epoch NNN (000 = initialization)
-  checkpoints/<model>/epoch_NNN.safetensors   the same for a second model of the run (`dropout`)
-  state/<name>.safetensors              resume state of an unfinished stage
+  checkpoints/epoch_NNN.safetensors     the plain variant's state after epoch NNN (000 = init)
+  checkpoints/dropout/epoch_NNN.safetensors   the same for the dropout variant (stage `dropout`)
+  state/<stage>/<table>/<piece>.parquet      partial tables of an unfinished stage, piece by piece
+  state/<stage>/tensors/<piece>.safetensors  and its tensors (e.g. SGD momentum), if any
   tables/<name>.parquet                 one table per analysis
 ```
+
+A run holds two models, its *variants*: `plain` (trained by stage `train`) and `dropout` (the
+example-tied dropout model of stage `dropout`).
 
 Nothing here is pickled: weights are safetensors, arrays an npz read with
 `allow_pickle=False`, tables Parquet, metadata JSON. Every write goes to a temporary file that
 is renamed into place, and the manifest records each file's sha256, so a truncated, tampered or
 swapped file is refused with a clear `RunError` instead of being half-read. A stage is marked
 complete only after its files are in place. One process at a time may write a run (a lock file).
+
+A stage's resume state grows by pieces: a save writes new files only and one manifest update
+switches to them, so an interruption at any instant leaves either the old state or the new
+one, never a mix. A run written by another schema version is refused with
+the command that recreates it (`StaleRunError`).
 """
 
 from __future__ import annotations
@@ -27,10 +36,11 @@ import io
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,14 +49,77 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 LABELS = "labels.npz"
 LOCK = ".lock"
+#: The models of a run: `plain` (stage train) and `dropout` (stage dropout).
+VARIANTS = ("plain", "dropout")
+_CHECKPOINTS = {"plain": "checkpoints/epoch_", "dropout": "checkpoints/dropout/epoch_"}
+_TENSORS = "tensors"  # file name (without suffix) of a resume state's tensors
 
 
 class RunError(Exception):
     """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+class StaleRunError(RunError):
+    """A run written by a memloc with another run schema; the message has the command that
+    recreates it with this memloc."""
+
+    def __init__(self, path: Path, found: Any, config: Any):
+        self.path, self.found, self.config = path, found, config
+        super().__init__(
+            f"{path} was written by another memloc (run schema {found!r}; this memloc reads {SCHEMA_VERSION}): "
+            f"move it away and recreate it with `{self.command()}`"
+        )
+
+    def command(self) -> str:
+        from memloc.overrides import command_for  # the override engine knows presets; the store does not
+
+        try:
+            return command_for(self.config, str(self.path))
+        except Exception:  # a config this memloc cannot read at all
+            return f"python -m precompute run --preset <preset> --out {self.path}"
+
+
+class StageState(NamedTuple):
+    """What an unfinished stage saved: partial tables by name, and tensors (maybe none)."""
+
+    tables: dict[str, pd.DataFrame]
+    tensors: dict[str, torch.Tensor]
+
+
+def tables_of(manifest: dict[str, Any]) -> list[str]:
+    """The names of the tables a run's manifest lists, sorted."""
+    return sorted(rel[len("tables/"):-len(".parquet")] for rel in manifest["files"]
+                  if rel.startswith("tables/") and rel.endswith(".parquet"))
+
+
+def checkpoints_of(manifest: dict[str, Any], variant: str = "plain") -> list[int]:
+    """The checkpoint epochs of one of a run's variants that its manifest lists, sorted."""
+    prefix = _checkpoint_prefix(variant)
+    return sorted(int(r[len(prefix):-len(".safetensors")]) for r in manifest["files"]
+                  if r.startswith(prefix) and r[len(prefix):-len(".safetensors")].isdigit())
+
+
+def _checkpoint_prefix(variant: str) -> str:
+    if variant not in _CHECKPOINTS:
+        raise ValueError(f"model variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    return _CHECKPOINTS[variant]
+
+
+def _name(kind: str, name: str) -> str:
+    """A stage or table name as a file name (an identifier: no path can be smuggled in)."""
+    if not name.isidentifier():
+        raise ValueError(f"{kind} name must be an identifier, got {name!r}")
+    return name
+
+
+def _table_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def runs_root(root: str | os.PathLike | None = None) -> Path:
@@ -110,12 +183,10 @@ class Run:
             raise RunError(
                 f"{file} is not valid JSON (truncated or edited); delete the run directory and run precompute again"
             ) from None
-        if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-            found = manifest.get("schema_version") if isinstance(manifest, dict) else None
-            raise RunError(
-                f"{self.path} has run schema version {found!r}, this memloc reads version {SCHEMA_VERSION}; "
-                "re-run precompute into a new directory"
-            )
+        if not isinstance(manifest, dict):
+            raise RunError(f"{file} is not a memloc manifest; delete the run directory and run precompute again")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StaleRunError(self.path, manifest.get("schema_version"), manifest.get("config"))
         return manifest
 
     def create(self, config: dict[str, Any], data_fingerprint: str, seed: int) -> None:
@@ -134,7 +205,7 @@ class Run:
         self._write_manifest(manifest)
 
     def update_config(self, config: dict[str, Any]) -> None:
-        """Replace the recorded config (the runner adds settings of stages a run predates)."""
+        """Replace the recorded config (a resumed run may run other stages)."""
         self._update(lambda m: m.__setitem__("config", config))
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -208,69 +279,110 @@ class Run:
     def has(self, rel: str) -> bool:
         return rel in self.manifest()["files"] and (self.path / rel).is_file()
 
-    def forget(self, rel_prefix: str) -> None:
-        """Drop artifacts under `rel_prefix` (e.g. a stage's resume state once it is complete)."""
+    @staticmethod
+    def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+        return st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
 
-        def drop(m):
-            for rel in [r for r in m["files"] if r.startswith(rel_prefix)]:
-                del m["files"][rel]
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / rel).unlink()
-
-        self._update(drop)
-
-    # tensors (checkpoints and resume state) ---------------------------------
-    def _put_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
-        flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        self._put(rel, st_save(flat, metadata=metadata))
-
-    def _get_tensors(self, rel: str, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The tensors of a verified safetensors artifact, and its string metadata."""
-        data = self._get(rel)
+    def _get_tensors(self, rel: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+        """The tensors of a verified safetensors artifact."""
         try:
-            tensors = st_load(data)
+            tensors = st_load(self._get(rel))
         except SafetensorError as e:
             raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); run precompute again") from None
-        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then a JSON header
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        return {k: v.to(device) for k, v in tensors.items()}, metadata
+        return {k: v.to(device) for k, v in tensors.items()}
 
+    def _get_table(self, rel: str) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(io.BytesIO(self._get(rel)))
+        except (OSError, ValueError) as e:
+            raise RunError(f"{self.path / rel} is not a valid Parquet table ({e}); run precompute again") from None
+
+    # checkpoints -------------------------------------------------------------
     @staticmethod
-    def _checkpoint_prefix(model: str | None) -> str:
-        """`checkpoints/epoch_` for the run's model; `checkpoints/<model>/epoch_` for a second
-        model trained in the same run (e.g. `dropout`, the example-tied dropout model)."""
-        if model is None:
-            return "checkpoints/epoch_"
-        if not model.isidentifier():
-            raise ValueError(f"checkpoint model name must be an identifier, got {model!r}")
-        return f"checkpoints/{model}/epoch_"
+    def _checkpoint_rel(epoch: int, variant: str) -> str:
+        return f"{_checkpoint_prefix(variant)}{epoch:03d}.safetensors"
 
-    @classmethod
-    def _checkpoint_rel(cls, epoch: int, model: str | None = None) -> str:
-        return f"{cls._checkpoint_prefix(model)}{epoch:03d}.safetensors"
+    def write_checkpoint(self, epoch: int, state: dict[str, torch.Tensor], variant: str = "plain") -> None:
+        self._put(self._checkpoint_rel(epoch, variant), self._tensor_bytes(state, {"epoch": str(epoch)}))
 
-    def write_checkpoint(self, epoch: int, state: dict[str, torch.Tensor], model: str | None = None) -> None:
-        self._put_tensors(self._checkpoint_rel(epoch, model), state, {"epoch": str(epoch)})
+    def read_checkpoint(self, epoch: int, device: str | torch.device = "cpu", variant: str = "plain") -> dict[str, torch.Tensor]:
+        return self._get_tensors(self._checkpoint_rel(epoch, variant), device)
 
-    def read_checkpoint(self, epoch: int, device: str | torch.device = "cpu", model: str | None = None) -> dict[str, torch.Tensor]:
-        return self._get_tensors(self._checkpoint_rel(epoch, model), device)[0]
+    def checkpoint_epochs(self, variant: str = "plain") -> list[int]:
+        return checkpoints_of(self.manifest(), variant)
 
-    def checkpoint_epochs(self, model: str | None = None) -> list[int]:
-        prefix = self._checkpoint_prefix(model)
-        files = self.manifest()["files"]
-        return sorted(int(r[len(prefix) : -len(".safetensors")]) for r in files if r.startswith(prefix))
+    # resume state ------------------------------------------------------------
+    @staticmethod
+    def _state_prefix(stage: str) -> str:
+        return f"state/{_name('stage', stage)}/"
 
-    def write_state(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        self._put_tensors(f"state/{name}.safetensors", tensors, metadata)
+    def _state_files(self, manifest: dict[str, Any], stage: str) -> list[str]:
+        prefix = self._state_prefix(stage)
+        return sorted(rel for rel in manifest["files"] if rel.startswith(prefix))
 
-    def read_state(self, name: str, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return self._get_tensors(f"state/{name}.safetensors", device)
+    def append_state(self, stage: str, rows: dict[str, pd.DataFrame], tensors: dict[str, torch.Tensor] | None = None,
+                     progress: dict[str, Any] | None = None) -> None:
+        """Add `rows` to the partial tables of `stage` (and replace its tensors, if given), at once;
+        `progress` is merged into the stage's record in the same manifest update.
 
-    def has_state(self, name: str) -> bool:
-        return self.has(f"state/{name}.safetensors")
+        Every save writes new files only (`state/<stage>/<table>/<piece>.parquet`, numbered on)
+        and then switches the manifest to them in one update, so the cost of a save is that of
+        its new rows, and an interruption at any instant leaves the state before or after it
+        (the files of an interrupted save are not listed and are overwritten by the next one).
+        """
+        self._require_lock()
+        prefix = self._state_prefix(stage)
+        old = self._state_files(self.manifest(), stage)
+        piece = 1 + max((int(rel.rsplit("/", 1)[1].split(".")[0]) for rel in old), default=0)
+        files = {f"{prefix}{_name('table', name)}/{piece:06d}.parquet": _table_bytes(df) for name, df in rows.items()}
+        if tensors is not None:
+            files[f"{prefix}{_TENSORS}/{piece:06d}.safetensors"] = self._tensor_bytes(tensors)
+        for rel, data in files.items():
+            _atomic_write(self.path / rel, data)
 
-    def drop_state(self, name: str) -> None:
-        self.forget(f"state/{name}.safetensors")
+        replaced = [rel for rel in old if rel.startswith(f"{prefix}{_TENSORS}/")] if tensors is not None else []
+
+        def switch(m: dict[str, Any]) -> None:
+            for rel in replaced:
+                del m["files"][rel]
+            for rel, data in files.items():
+                m["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            m["stages"].setdefault(stage, {}).update(progress or {})
+
+        self._update(switch)
+        for rel in replaced:  # a name made here from the stage and piece, not read from elsewhere
+            (self.path / rel).unlink(missing_ok=True)
+
+    def read_state(self, stage: str, device: str | torch.device = "cpu") -> StageState | None:
+        """The resume state of `stage` (every file verified), or None if it has none: each
+        partial table with its pieces in the order they were saved, and the latest tensors."""
+        files = self._state_files(self.manifest(), stage)
+        if not files:
+            return None
+        prefix = self._state_prefix(stage)
+        pieces: dict[str, list[pd.DataFrame]] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for rel in files:  # sorted: pieces in order
+            name = rel[len(prefix):].split("/")[0]
+            if name == _TENSORS:
+                tensors = self._get_tensors(rel, device)
+            else:
+                pieces.setdefault(name, []).append(self._get_table(rel))
+        return StageState({name: pd.concat(parts, ignore_index=True) for name, parts in pieces.items()}, tensors)
+
+    def has_state(self, stage: str) -> bool:
+        return bool(self._state_files(self.manifest(), stage))
+
+    def drop_state(self, stage: str) -> None:
+        """Forget the resume state of `stage` (once the stage is complete, or to start it over)."""
+        def forget(m: dict[str, Any]) -> None:
+            for rel in self._state_files(m, stage):
+                del m["files"][rel]
+
+        self._update(forget)
+        shutil.rmtree(self.path / self._state_prefix(stage), ignore_errors=True)
+        with contextlib.suppress(OSError):  # `state/` itself goes once no stage has a state
+            (self.path / "state").rmdir()
 
     # labels ------------------------------------------------------------------
     def write_labels(self, true_label: np.ndarray, train_label: np.ndarray, is_noisy: np.ndarray) -> None:
@@ -289,22 +401,19 @@ class Run:
     # tables ------------------------------------------------------------------
     @staticmethod
     def _table_rel(name: str) -> str:
-        return f"tables/{name}.parquet"
+        return f"tables/{_name('table', name)}.parquet"
 
     def write_table(self, name: str, df: pd.DataFrame) -> None:
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        self._put(self._table_rel(name), buf.getvalue())
+        self._put(self._table_rel(name), _table_bytes(df))
 
     def read_table(self, name: str) -> pd.DataFrame:
-        rel = self._table_rel(name)
-        try:
-            return pd.read_parquet(io.BytesIO(self._get(rel)))
-        except (OSError, ValueError) as e:
-            raise RunError(f"{self.path / rel} is not a valid Parquet table ({e}); run precompute again") from None
+        return self._get_table(self._table_rel(name))
 
     def has_table(self, name: str) -> bool:
         return self.has(self._table_rel(name))
+
+    def tables(self) -> list[str]:
+        return tables_of(self.manifest())
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[Run]:

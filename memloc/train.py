@@ -1,23 +1,23 @@
-"""Training with label noise, one checkpoint per epoch, resumable (PAPER.md "Training setting").
+"""Training with label noise (PAPER.md "Training setting"): settings, one epoch, its records.
 
 The loop follows the paper: SGD (momentum 0.9, weight decay 5e-4), batch size 512, the
 one-cycle schedule of `memloc.schedule` stepped every batch. Data lives on the device; each
 epoch's batch order is a permutation drawn from a generator seeded by (seed, epoch), so a
 resumed run draws the same batches as an uninterrupted one and the final checkpoint is
-bitwise the same on the CPU.
+bitwise the same on the CPU (the resumable loop over epochs, with a checkpoint per epoch, is
+the `train` stage, `precompute/train.py`).
 
-Per epoch it records the accuracy and loss of clean, noisy (against the noisy labels:
-memorization), noisy-vs-true and test examples (an eval-mode pass after the epoch), and per
-example the training loss and whether the prediction equalled the training label, taken from
-the training forward pass itself (`reduction="none"`, no extra pass).
+Per epoch a run records the accuracy and loss of the four populations (`memloc.evaluate`, an
+eval-mode pass after the epoch; table `training`) and per example the training loss and
+whether the prediction equalled the training label, taken from the training forward pass
+itself (`reduction="none"`, no extra pass; table `example_training`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import time
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,16 +25,43 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from memloc.config import TrainConfig
 from memloc.data import Dataset, augment
-from memloc.evaluate import Labels, evaluate
 from memloc.schedule import one_cycle_lr
-from memloc.store import Run
+from memloc.settings import check, setting
 from models.example_tied_dropout import mask_table
 
-STATE = "train"  # name of the resume state in the run store
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The `train` section of a run: PAPER.md's optimizer and schedule."""
+
+    epochs: int = setting(50, "training epochs (a checkpoint is kept after each; epoch 0 = init)")
+    batch_size: int = setting(512, "training batch size")
+    lr: float = setting(0.1, "peak learning rate of the one-cycle schedule")
+    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0)")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+    seed: int = setting(0, "seed of model initialization and batch order")
+    eval_batch_size: int = setting(4096, "batch size of evaluation passes")
+
+    def __post_init__(self):
+        check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number", self.lr)
+        check(0 < self.peak_epoch <= self.epochs, "peak_epoch", f"in (0, train.epochs={self.epochs}]", self.peak_epoch)
+        check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Batches per epoch over `n` training examples (the last one may be smaller)."""
+        return -(-n // self.batch_size)
+
+    def last_lr(self, epoch: int, n: int) -> float:
+        """The learning rate of the last step of 1-based `epoch`."""
+        steps = self.steps_per_epoch(n)
+        return one_cycle_lr(epoch * steps - 1, steps, self.epochs, self.peak_epoch, self.lr)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -42,8 +69,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def make_optimizer(params, settings: TrainSettings) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=0.0, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
 def mean_backward(loss: torch.Tensor, batch_ids: torch.Tensor) -> None:
@@ -69,7 +96,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     data: Dataset,
     train_labels: torch.Tensor,
-    cfg: TrainConfig,
+    settings: TrainSettings,
     epoch: int,
     augment_batches: bool = False,
     backward: Backward = mean_backward,
@@ -77,8 +104,8 @@ def train_epoch(
     """One epoch (1-based `epoch`) of SGD over the training set in a seeded random order."""
     n = data.num_train
     device = data.train_x.device
-    steps_per_epoch = -(-n // cfg.batch_size)
-    gen = epoch_generator(cfg.seed, epoch)
+    steps_per_epoch = settings.steps_per_epoch(n)
+    gen = epoch_generator(settings.seed, epoch)
     order = torch.randperm(n, generator=gen).to(device)
     stats = EpochStats(torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device))
     model.train()
@@ -86,8 +113,8 @@ def train_epoch(
     # Example-tied dropout (PAPER.md section 5) masks by example id; the ids here are rows
     # 0..n-1 of the training set, so the layers may read their masks from a bit table.
     with mask_table(model, n, device) if takes_ids else contextlib.nullcontext():
-        for i, ids in enumerate(order.split(cfg.batch_size)):
-            lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)
+        for i, ids in enumerate(order.split(settings.batch_size)):
+            lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, settings.epochs, settings.peak_epoch, settings.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = data.train_x[ids]  # (B, C, H, W)
@@ -122,105 +149,37 @@ def restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, tensors
             optimizer.state[p]["momentum_buffer"] = buf.clone()
 
 
-@dataclass
-class TrainingResult:
-    """What the training stage writes: per-epoch metrics and per-example statistics."""
-
-    epochs: pd.DataFrame
-    examples: pd.DataFrame = field(repr=False)
+#: Columns of the `example_training` table (one row per example and epoch, epochs 1..E).
+EXAMPLE_COLUMNS = ["example_id", "epoch", "loss", "correct"]
 
 
-def train_run(
-    run: Run,
-    model: nn.Module,
-    data: Dataset,
-    labels: Labels,
-    cfg: TrainConfig,
-    augment_batches: bool = False,
-    backward: Backward = mean_backward,
-    on_epoch: Callable[[int], None] | None = None,
-    name: str = STATE,
-    checkpoints: str | None = None,
-    evaluate_epochs: bool = True,
-) -> TrainingResult:
-    """Train `model` (freshly initialized) and keep every epoch in `run`, resuming if possible.
-
-    Epoch 0 is the initialization. After each epoch the checkpoint, then the resume state
-    (momentum buffers, per-example statistics so far, metrics rows) are written atomically;
-    an interrupted run continues from the last epoch whose resume state is in place.
-    `on_epoch(epoch)` runs after each epoch's checkpoint and before its resume state is written:
-    an analysis that accumulates during training saves its own state there, which is then never
-    behind the training's (after an interruption between the two, training repeats `epoch` and
-    the analysis replaces what it saved for it).
-
-    `name` is the stage whose progress is recorded and the name of its resume state;
-    `checkpoints` the run store's model the checkpoints belong to (None: the run's main model).
-    With `evaluate_epochs`, each epoch's row also holds `memloc.evaluate.evaluate`'s accuracies
-    after the epoch; a model with example-tied dropout has no single way to be evaluated (its
-    modes answer different questions), so the dropout stage turns this off and evaluates the
-    modes once, after training.
-    """
-    device = data.train_x.device
-    n, epochs = data.num_train, cfg.epochs
-    optimizer = make_optimizer(model.parameters(), cfg)
-    ex_loss = torch.zeros(epochs, n, device=device)
-    ex_correct = torch.zeros(epochs, n, dtype=torch.bool, device=device)
-
-    def metrics() -> dict[str, float]:
-        if not evaluate_epochs:
-            return {}
-        return evaluate(model, data.train_x, labels, data.test_x, data.test_y, cfg.eval_batch_size)
-
-    rows: list[dict] = []
-    start = 1
-    if run.has_state(name):
-        tensors, meta = run.read_state(name, device)
-        done = int(meta["epoch"])
-        model.load_state_dict(run.read_checkpoint(done, device, checkpoints))
-        restore_momentum(model, optimizer, tensors)
-        ex_loss[:done] = tensors["ex_loss"][:done]
-        ex_correct[:done] = tensors["ex_correct"][:done].bool()
-        rows = json.loads(meta["rows"])
-        start = done + 1
-    else:
-        run.write_checkpoint(0, model.state_dict(), checkpoints)
-        rows.append({"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "seconds": 0.0, **metrics()})
-
-    # disable=None: a bar with rate and ETA on a terminal, quiet otherwise (CI, logs).
-    bar = tqdm(range(start, epochs + 1), desc=name, unit="epoch", initial=start - 1, total=epochs, disable=None)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        stats = train_epoch(model, optimizer, data, labels.train, cfg, epoch, augment_batches, backward)
-        ex_loss[epoch - 1] = stats.loss
-        ex_correct[epoch - 1] = stats.correct
-        row = metrics()
-        steps_per_epoch = -(-n // cfg.batch_size)
-        last_lr = one_cycle_lr(epoch * steps_per_epoch - 1, steps_per_epoch, cfg.epochs, cfg.peak_epoch, cfg.lr)
-        rows.append({"epoch": epoch, "lr": last_lr, "train_loss": stats.loss.mean().item(),
-                     "seconds": time.perf_counter() - t0, **row})
-        run.write_checkpoint(epoch, model.state_dict(), checkpoints)
-        if on_epoch is not None:
-            on_epoch(epoch)
-        run.write_state(
-            name,
-            {**momentum_state(model, optimizer), "ex_loss": ex_loss, "ex_correct": ex_correct.to(torch.uint8)},
-            {"epoch": str(epoch), "rows": json.dumps(rows)},
-        )
-        run.update_stage(name, status="running", epochs_done=epoch)
-        if row:
-            bar.set_postfix(memorized=f"{row['noisy_acc']:.3f}", clean=f"{row['clean_acc']:.3f}", test=f"{row['test_acc']:.3f}")
-        else:
-            bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}")
-
-    return TrainingResult(pd.DataFrame(rows), _example_table(ex_loss, ex_correct))
-
-
-def _example_table(ex_loss: torch.Tensor, ex_correct: torch.Tensor) -> pd.DataFrame:
-    """Long table (example_id, epoch, loss, correct) from (epochs, N) arrays."""
-    epochs, n = ex_loss.shape
+def example_rows(epoch: int, stats: EpochStats) -> pd.DataFrame:
+    """The `example_training` rows of one epoch: every example's training-pass loss and
+    whether its prediction equalled its training label."""
+    n = len(stats.loss)
     return pd.DataFrame({
-        "example_id": np.tile(np.arange(n, dtype=np.int64), epochs),
-        "epoch": np.repeat(np.arange(1, epochs + 1, dtype=np.int64), n),
-        "loss": ex_loss.cpu().numpy().reshape(-1),
-        "correct": ex_correct.cpu().numpy().reshape(-1),
+        "example_id": np.arange(n, dtype=np.int64),
+        "epoch": np.full(n, epoch, dtype=np.int64),
+        "loss": stats.loss.cpu().numpy(),
+        "correct": stats.correct.cpu().numpy(),
     })
+
+
+def memorized_from(example_training: pd.DataFrame, is_noisy: np.ndarray) -> pd.DataFrame:
+    """example_id, memorized_from for every noisy example.
+
+    `memorized_from` is the first epoch e such that the example was predicted with its (noisy)
+    training label in epochs e, e+1, ..., last (`example_training.correct`, from the training
+    forward pass); <NA> when it is not predicted so in the last epoch.
+    """
+    noisy_ids = np.flatnonzero(is_noisy)
+    table = example_training[example_training["example_id"].isin(noisy_ids)]
+    wide = table.pivot(index="example_id", columns="epoch", values="correct").sort_index(axis=1)  # (noisy, epochs)
+    correct = wide.to_numpy(dtype=bool)
+    epochs = wide.columns.to_numpy()
+    # Walk from the last epoch back: the run of True at the end starts at the last False + 1.
+    tail = np.flip(np.cumprod(np.flip(correct, axis=1), axis=1), axis=1).astype(bool)  # (noisy, epochs)
+    first = np.where(tail.any(axis=1), epochs[np.argmax(tail, axis=1)], -1)
+    out = pd.DataFrame({"example_id": wide.index.to_numpy(), "memorized_from": first})
+    out["memorized_from"] = out["memorized_from"].astype("Int64").mask(out["memorized_from"] < 0)
+    return out.reset_index(drop=True)

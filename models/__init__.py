@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from models.base import group_members, group_of, make_config
+from models.base import group_members, group_of, in_group, make_config
 from models.cnn import CNN, CNNConfig
 from models.mlp import MLP, MLPConfig
 from models.resnet9 import ResNet9, ResNet9Config
@@ -44,4 +44,4 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int,
     return model_cls(input_shape, num_classes, make_config(name, config_cls, options))
 
 
-__all__ = ["NAMES", "build", "group_members", "group_of"]
+__all__ = ["NAMES", "build", "group_members", "group_of", "in_group"]

@@ -3,8 +3,8 @@
 Every model built by `models.build` declares
 
 - `layer_groups`: ordered (input to output) mapping group name -> module-name prefixes. A
-  parameter or buffer named `n` belongs to group `g` iff some prefix `p` of `g` has `n == p` or
-  `n.startswith(p + ".")`. The groups partition all parameters and buffers (BatchNorm running
+  parameter, buffer or module named `n` belongs to group `g` iff `in_group(n, prefixes of g)`:
+  some prefix `p` has `n == p` or `n.startswith(p + ".")`. The groups partition all parameters and buffers (BatchNorm running
   statistics included), so rewinding or retraining a group moves a well-defined state.
 - `unit_layers`: paths of the `nn.Conv2d` / `nn.Linear` modules whose output channels / output
   neurons are *units* that analyses may zero; the final classifier is never one of them.
@@ -55,10 +55,15 @@ def options_of(config) -> dict[str, Any]:
             for key, value in options.items()}
 
 
+def in_group(name: str, prefixes) -> bool:
+    """Whether the parameter, buffer or module `name` lies under one of the module `prefixes`
+    (a layer group's), i.e. is the prefix itself or inside it."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def group_of(model: nn.Module, name: str) -> str:
     """The layer group of the parameter or buffer `name`; ValueError unless exactly one."""
-    groups = [group for group, prefixes in model.layer_groups.items()
-              if any(name == p or name.startswith(p + ".") for p in prefixes)]
+    groups = [group for group, prefixes in model.layer_groups.items() if in_group(name, prefixes)]
     if len(groups) != 1:
         raise ValueError(
             f"{name!r} is in {len(groups)} layer groups of {type(model).__name__} "

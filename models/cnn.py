@@ -34,7 +34,7 @@ DROPOUT_PLACES = ("conv1", "conv2", "fc1")
 @dataclass(frozen=True)
 class CNNConfig:
     width: float = 1.0  # multiplier of the hidden widths 32, 64, 128
-    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [conv1, ...]}; None = off
+    example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [conv1, ...]; None = off
 
     def __post_init__(self):
         if not isinstance(self.width, (int, float)) or self.width <= 0:

@@ -42,7 +42,7 @@ different questions and a silent choice would mislabel results.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
 import torch
@@ -118,47 +118,61 @@ def generalization_units(channels: int, p_gen: float) -> int:
 
 @dataclass(frozen=True)
 class DropoutOptions:
-    """The `example_tied_dropout` option of a zoo model (JSON-serializable as `to_dict()`)."""
+    """The example-tied dropout of one model: the zoo's `example_tied_dropout` option.
 
-    p_gen: float = 0.2  # share of each layer's units that are generalization units (always on)
-    p_mem: float = 0.1  # probability that an example keeps a given memorization unit
-    seed: int = 0  # key of the mask generator (masks are a function of example id, layer, seed)
-    after: tuple[str, ...] = ()  # places (blocks / hidden layers) followed by a dropout layer
+    The one declaration of these settings: memloc's `dropout` config section
+    (`memloc.dropout.DropoutSettings`) extends this class, so `--help` prints these texts.
+    Values are checked when the options are built (ValueError naming the field).
+    """
+
+    p_gen: float = field(default=0.2, metadata={"help": "share of each dropout layer's units that are generalization units (always on), in (0, 1)"})
+    p_mem: float = field(default=0.1, metadata={"help": "probability that an example keeps a given memorization unit, in (0, 1)"})
+    seed: int = field(default=0, metadata={"help": "seed of the example-tied masks (a mask is a function of example id, layer, seed)"})
+    after: tuple = field(default=(), metadata={"help": "blocks / hidden layers followed by example-tied dropout; empty = all the model offers"})
+
+    def __post_init__(self):
+        for name in ("p_gen", "p_mem"):
+            p = getattr(self, name)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+                raise ValueError(f"{name}: a fraction in (0, 1), got {p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed: an integer, got {self.seed!r}")
+        if isinstance(self.after, str) or not all(isinstance(a, str) for a in self.after):
+            raise ValueError(f"after: a list of block names, got {self.after!r}")
+        object.__setattr__(self, "after", tuple(self.after))  # accept a list, e.g. from JSON
+
+    def at(self, places: tuple[str, ...]) -> "DropoutOptions":
+        """These options for a model whose dropout may follow `places`: only the option fields
+        (a subclass's extra settings are dropped), `after` resolved (empty = every place) and
+        put in input-to-output order."""
+        after = self.after or places
+        bad = [a for a in after if a not in places]
+        if bad or len(set(after)) != len(after):
+            raise ValueError(f"after: distinct names from {list(places)}, got {list(self.after)!r}")
+        return DropoutOptions(float(self.p_gen), float(self.p_mem), self.seed, tuple(p for p in places if p in after))
 
     def to_dict(self) -> dict[str, Any]:
         return {"p_gen": self.p_gen, "p_mem": self.p_mem, "seed": self.seed, "after": list(self.after)}
 
 
 def parse_options(arch: str, value: Any, places: tuple[str, ...]) -> DropoutOptions | None:
-    """Check a model's `example_tied_dropout` option (a dict, or None for no dropout).
-
-    Keys: `p_gen`, `p_mem` in (0, 1), `seed` an int, `after` a list of the model's `places`
-    (default: all of them). Raises ValueError naming the model and what is allowed.
-    """
+    """A model's `example_tied_dropout` option: None (no dropout), `DropoutOptions` or a dict of
+    its fields (from JSON or TOML), resolved for the model's `places`. Raises ValueError naming
+    the model and what is allowed."""
     if value is None:
         return None
-    if not isinstance(value, dict):
+    if isinstance(value, dict):
+        allowed = [f.name for f in fields(DropoutOptions)]
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ValueError(f"{arch}: unknown example_tied_dropout key(s) {unknown}; allowed: {allowed}")
+    elif not isinstance(value, DropoutOptions):
         raise ValueError(f"{arch}: example_tied_dropout must be a table like "
                          f"{{p_gen = 0.2, p_mem = 0.1, seed = 0}}, got {value!r}")
-    allowed = ("p_gen", "p_mem", "seed", "after")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(f"{arch}: unknown example_tied_dropout key(s) {unknown}; allowed: {list(allowed)}")
-    defaults = DropoutOptions()
-    p_gen, p_mem = value.get("p_gen", defaults.p_gen), value.get("p_mem", defaults.p_mem)
-    for name, p in (("p_gen", p_gen), ("p_mem", p_mem)):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
-            raise ValueError(f"{arch}: example_tied_dropout.{name} must be in (0, 1), got {p!r}")
-    seed = value.get("seed", defaults.seed)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{arch}: example_tied_dropout.seed must be an int, got {seed!r}")
-    after = tuple(value.get("after", places))
-    bad = [a for a in after if a not in places]
-    if bad or not after or len(set(after)) != len(after):
-        raise ValueError(f"{arch}: example_tied_dropout.after must be distinct names from "
-                         f"{list(places)}, got {list(after)!r}")
-    after = tuple(p for p in places if p in after)  # input-to-output order
-    return DropoutOptions(float(p_gen), float(p_mem), seed, after)
+    try:
+        return (DropoutOptions(**value) if isinstance(value, dict) else value).at(places)
+    except ValueError as e:
+        raise ValueError(f"{arch}: example_tied_dropout.{e}") from None
 
 
 class ExampleTiedDropout(nn.Module):

@@ -27,7 +27,7 @@ from models.base import check_input, options_of
 @dataclass(frozen=True)
 class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)  # neurons per hidden layer, input to output; () = linear
-    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [fc1, ...]}; None = off
+    example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [fc1, ...]; None = off
 
     def __post_init__(self):
         hidden = tuple(self.hidden)

@@ -42,7 +42,7 @@ DROPOUT_PLACES = ("prep", "layer1", "res1", "layer2", "res2", "layer3")
 @dataclass(frozen=True)
 class ResNet9Config:
     width: float = 1.0  # multiplier of every channel count (64, 128, 256)
-    example_tied_dropout: dict | None = None  # {p_gen, p_mem, seed, after: [prep, ...]}; None = off
+    example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [prep, ...]; None = off
 
     def __post_init__(self):
         if not isinstance(self.width, (int, float)) or self.width <= 0:

@@ -18,7 +18,9 @@ import sys
 
 import torch
 
-from memloc import config as config_mod
+from memloc import overrides
+from memloc.presets import DEFAULT_PRESET, PRESETS
+from memloc.settings import ConfigError
 from memloc.data import DataError
 from memloc.store import Run, RunError, list_runs, runs_root
 
@@ -38,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and analyse one configuration into a run directory. Re-running the same "
         "command resumes an interrupted run and skips complete stages.",
-        epilog=f"presets: {', '.join(config_mod.PRESETS)} (default {config_mod.DEFAULT_PRESET})\n\n"
-        f"config keys (--set KEY=VALUE, or tables in --config FILE.toml):\n{config_mod.describe_keys()}",
+        epilog=f"presets: {', '.join(PRESETS)} (default {DEFAULT_PRESET})\n\n"
+        f"config keys (--set KEY=VALUE, or tables in --config FILE.toml):\n{overrides.describe_keys()}",
     )
-    run.add_argument("--preset", default=config_mod.DEFAULT_PRESET, help="named configuration to start from")
+    run.add_argument("--preset", default=DEFAULT_PRESET, help="named configuration to start from")
     run.add_argument("--out", help="run directory (default: $MEMLOC_RUNS/<preset> or ./runs/<preset>)")
     run.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     run.add_argument("--config", help="TOML file of overrides, e.g. [train] epochs = 30")
@@ -57,22 +59,22 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise config_mod.ConfigError(f"--device: cpu, cuda or cuda:N, got {name!r}") from None
+        raise ConfigError(f"--device: cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise config_mod.ConfigError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
-        raise config_mod.ConfigError(f"--device: cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"--device: cpu, cuda or cuda:N, got {name!r}")
     return device
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    layers = [config_mod.load_toml(args.config)] if args.config else []
-    overrides = list(args.overrides)
+    layers = [overrides.load_toml(args.config)] if args.config else []
+    sets = list(args.overrides)
     if args.data_root:
-        overrides.append(f"data.root={json.dumps(args.data_root)}")
+        sets.append(f"data.root={json.dumps(args.data_root)}")
     if args.download:
-        overrides.append("data.download=true")
-    cfg = config_mod.resolve(args.preset, *layers, overrides=overrides)
+        sets.append("data.download=true")
+    cfg = overrides.resolve(args.preset, *layers, overrides=sets)
     device = _device(args.device)
     out = args.out or str(runs_root() / args.preset)
     print(f"precompute run -> {out} on {device}")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _cmd_run(args) if args.command == "run" else _cmd_list(args)
-    except (config_mod.ConfigError, DataError, RunError) as e:
+    except (ConfigError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

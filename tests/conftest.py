@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from memloc import config as config_mod
+from memloc import overrides
 from memloc.store import Run
 
 torch.set_num_threads(2)
@@ -19,7 +19,7 @@ def smoke_run(tmp_path_factory) -> Run:
     from precompute.stages import execute
 
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    return execute(config_mod.resolve("smoke"), str(out), torch.device("cpu"), log=lambda _: None)
+    return execute(overrides.resolve("smoke"), str(out), torch.device("cpu"), log=lambda _: None)
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.explore import (VARIANTS, class_name, dropout_modes, image_of, legend_pick, opened, page_run, require_tables,
-                         run_labels, show_chart)
+from app.cache import model_choices, opened, page_run, require_tables, run_labels
+from app.charts import class_name, image_of, legend_pick, populations_long, show_chart
+from memloc.evaluate import POPULATIONS
 
 PAGE_SIZE = 12
 
@@ -28,10 +29,8 @@ labels = run_labels(run)
 data = opened(run)
 classes = data.data.classes
 
-long = summary.melt(id_vars=["mode"], value_vars=["clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"],
-                    var_name="population", value_name="accuracy")
-long["population"] = long["population"].map({"clean_acc": "clean", "noisy_acc": "noisy (memorized)",
-                                             "noisy_true_acc": "noisy vs true label", "test_acc": "test"})
+long = populations_long(summary, ["mode"])
+# The rows of the `dropout` table: the dropout model in each mode, and the plain model.
 MODES = {"plain": "plain model", "train": "dropout: train mode (own masks)", "test": "dropout: test mode",
          "drop": "dropout: drop mode"}
 long["mode"] = long["mode"].map(MODES)
@@ -39,7 +38,7 @@ pick = legend_pick("mode")
 chart = (
     alt.Chart(long, title="Accuracy of the plain model and of the dropout model in each mode")
     .mark_bar()
-    .encode(x=alt.X("population:N", title=None, sort=["clean", "noisy (memorized)", "noisy vs true label", "test"], axis=alt.Axis(labelAngle=0)),
+    .encode(x=alt.X("population:N", title=None, sort=list(POPULATIONS.values()), axis=alt.Axis(labelAngle=0)),
             xOffset=alt.XOffset("mode:N", sort=list(MODES.values())),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("mode:N", title=None, sort=list(MODES.values()),
@@ -55,13 +54,12 @@ wide = per_example.pivot(index="example_id", columns="mode", values="correct")
 noisy_ids = np.flatnonzero(labels["is_noisy"])
 wide = wide.reindex(noisy_ids)
 # Memorized: predicted with its noisy label by the dropout model as it was trained (each example
-# with its own memorization units, mode "train"); runs without that row fall back to test mode.
-fitted = "train" if "train" in wide.columns else "test"
-memorized = wide.index[wide[fitted].fillna(False).astype(bool)].to_numpy()
-survive = wide.index[wide[fitted].fillna(False).astype(bool) & wide["drop"].fillna(False).astype(bool)].to_numpy()
+# with its own memorization units, mode "train").
+memorized = wide.index[wide["train"].astype(bool)].to_numpy()
+survive = wide.index[wide["train"].astype(bool) & wide["drop"].astype(bool)].to_numpy()
 st.markdown(
     f"Of {len(noisy_ids):,} noisy examples, the dropout model memorizes **{len(memorized):,}** when each example "
-    f"uses its own memorization units ({fitted} mode); **{len(survive):,}** of them keep their noisy label in drop "
+    f"uses its own memorization units (train mode); **{len(survive):,}** of them keep their noisy label in drop "
     f"mode (they *survive*), the other **{len(memorized) - len(survive):,}** are forgotten."
 )
 
@@ -73,22 +71,16 @@ def survivors_panel():
     pages = max(1, -(-len(ids) // PAGE_SIZE))
     page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="do_page")
     shown = ids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    modes = dropout_modes(run, info)
     grid = st.columns(6)
     for pos, i in enumerate(shown):
         with grid[pos % 6]:
             st.image(image_of(data.data.train_x[i]), width=96)
             st.caption(f"#{i}: true {class_name(classes, labels['true_label'][i])}, "
                        f"trained as {class_name(classes, labels['train_label'][i])}")
-            if "drop" in modes:
-                st.page_link("views/example.py", label="open (drop mode)",
-                             query_params={"example": str(int(i)), "model": "drop"})
-            else:
-                st.page_link("views/example.py", label="open", query_params={"example": str(int(i))})
+            st.page_link("views/example.py", label="open (drop mode)",
+                         query_params={"example": str(int(i)), "model": "drop"})
     if len(shown) == 0:
         st.info("No such example.")
-    if "drop" not in modes:
-        st.caption(f"Example pages show the plain model: this memloc cannot load the dropout model ({VARIANTS['drop']}).")
     table = pd.DataFrame({"example_id": ids, "true_label": labels["true_label"][ids], "train_label": labels["train_label"][ids]})
     st.download_button("These examples (CSV)", table.to_csv(index=False), file_name=f"{run.name}_dropout_{which.split()[0]}.csv",
                        mime="text/csv", on_click="ignore")

@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.explore import (attributions, class_name, dropout_modes, has_table, image_of, layer_names, legend_pick, live,
-                         method_names, opened, page_run, run_labels, show_chart, table, url_int)
+from app.cache import (attributions, has_table, layer_names, live, method_names, model_choices, opened, page_run,
+                       run_labels, table)
+from app.charts import class_name, image_of, legend_pick, show_chart
+from app.url import url_int
 from memloc.attribution import METHODS
 
 run, info = page_run()
@@ -23,21 +25,21 @@ data = opened(run)
 classes = data.data.classes
 n = len(labels["is_noisy"])
 url_int("example", "ex_id", lambda i: 0 <= i < n, int(np.flatnonzero(labels["is_noisy"])[0]) if labels["is_noisy"].any() else 0)
-modes = dropout_modes(run, info)
+choices = model_choices(info)
 if "ex_model" not in st.session_state:
-    st.session_state["ex_model"] = st.query_params.get("model") if st.query_params.get("model") in modes else "plain"
+    st.session_state["ex_model"] = st.query_params.get("model") if st.query_params.get("model") in choices else "plain"
 c1, c2 = st.columns([1, 3])
 example = int(c1.number_input("Example id", min_value=0, max_value=n - 1, step=1, key="ex_id"))
-variant = c2.radio("Model", list(modes), format_func=lambda m: modes[m], horizontal=True, key="ex_model",
-                   help="the plain model, or the model trained with example-tied dropout (Example-tied dropout page)")
+choice = c2.radio("Model", list(choices), format_func=choices.__getitem__, horizontal=True, key="ex_model",
+                  help="the plain model, or the model trained with example-tied dropout (Example-tied dropout page)")
 st.query_params["example"] = str(example)
-st.query_params["model"] = variant
+st.query_params["model"] = choice
 
 noisy = bool(labels["is_noisy"][example])
 train_label, true_label = int(labels["train_label"][example]), int(labels["true_label"][example])
 flip_units: list[str] = []
 flip_row = None
-if has_table(info, "flipping") and variant == "plain":
+if has_table(info, "flipping") and choice == "plain":
     flips = table(run, "flipping")
     match = flips[flips["example_id"] == example]
     if len(match):
@@ -45,13 +47,13 @@ if has_table(info, "flipping") and variant == "plain":
         flip_units = [str(u) for u in flip_row["units"]]
 
 # --- image, labels, probabilities --------------------------------------------------
-_, probs = live(run, [], [example], variant=variant)
+_, probs = live(run, [], [example], choice=choice)
 left, right = st.columns([1, 3])
 with left:
     st.image(image_of(data.data.train_x[example]), width=160)
     st.markdown(f"**{'Noisy' if noisy else 'Clean'} example #{example}**  \ntrue label **{class_name(classes, true_label)}**  \n"
                 f"training label **{class_name(classes, train_label)}**  \n"
-                f"prediction **{class_name(classes, int(probs[0].argmax()))}** ({modes[variant]})")
+                f"prediction **{class_name(classes, int(probs[0].argmax()))}** ({choices[choice]})")
 with right:
     p = pd.DataFrame({"class": [class_name(classes, k) for k in range(len(classes))], "probability": probs[0]})
     p["label"] = np.where(np.arange(len(classes)) == train_label, "training label",
@@ -123,7 +125,7 @@ with right:
         st.write(f"{'Flips' if flip_row['flipped'] else 'Did not flip'} after zeroing {int(flip_row['n_units'])} units "
                  f"(new prediction {class_name(classes, int(flip_row['new_prediction']))}): "
                  + ", ".join(f"`{u}`" for u in flip_units))
-    elif variant != "plain":
+    elif choice != "plain":
         st.caption("Flip sets belong to the plain model.")
     else:
         st.caption("Greedy flipping did not run on this example (or the run has no `flipping` table).")
@@ -141,13 +143,13 @@ st.markdown(
 @st.fragment
 def attribution_panel():
     with st.container():
-        model_methods = method_names(run, variant)
+        model_methods = method_names(run, choice)
         c1, c2, c3 = st.columns([2, 2, 2])
         method = c1.selectbox("Method", model_methods, key="ex_method",
                               help="\n".join(f"- **{m}**: {METHODS[m].summary}" for m in model_methods))
         layer = None
         if METHODS[method].layer:
-            layer = c2.selectbox("Layer", layer_names(run, variant, method), key="ex_layer")
+            layer = c2.selectbox("Layer", layer_names(run, choice, method), key="ex_layer")
         baseline = c3.radio("Baseline", ["zeros", "blank image"], key="ex_baseline", horizontal=True,
                             help="reference input of IntegratedGradients, GradientShap, Occlusion and LayerConductance: "
                                  "all zeros (Captum's default; mid-grey here) or every pixel at the data's minimum")
@@ -156,7 +158,7 @@ def attribution_panel():
         states = {"trained model": ()} | ({f"flip set zeroed ({len(flip_units)} units)": tuple(flip_units)} if flip_units else {})
         frames = []
         for sname, units in states.items():
-            values = attributions(run, variant, example, method, layer, list(targets.values()), units, baseline)
+            values = attributions(run, choice, example, method, layer, list(targets.values()), units, baseline)
             for (tname, target), one in zip(targets.items(), values):
                 frames.append(_long(one, f"{tname}: {class_name(classes, target)}", sname, one.ndim == 1))
         long = pd.concat(frames, ignore_index=True)

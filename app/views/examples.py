@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.explore import class_name, has_table, image_of, opened, page_run, run_labels, table
+from app.cache import has_table, opened, page_run, run_labels, table
+from app.charts import class_name, image_of
 
 PAGE_SIZE = 24
 COLUMNS = 6

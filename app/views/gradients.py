@@ -4,8 +4,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.explore import heatmap, legend_pick, page_run, require_tables, run_labels, show_chart
-from memloc.explore import noisy_share
+from app.cache import page_run, require_tables, run_labels
+from app.charts import heatmap, legend_pick, show_chart
+from memloc.gradients import noisy_share
 
 run, info = page_run()
 st.title("Gradient accounting")

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.explore import (accuracy_metrics, class_name, decode_interventions, encode_interventions, image_of, layout,
-                         legend_pick, live, opened, page_run, require_tables, run_labels, show_chart, url_int)
+from app.cache import layout, live, opened, page_run, require_tables, run_labels
+from app.charts import accuracy_metrics, class_name, image_of, legend_pick, show_chart
+from app.url import decode_interventions, encode_interventions, url_int
 from memloc.interventions import ZeroUnits, unit_name
 
 run, info = page_run()

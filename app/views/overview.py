@@ -4,17 +4,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.common import RunError, current_run, manifest, show_run_error, table
-from app.explore import legend_pick, run_labels, show_chart
+from app.cache import RunError, current_run, manifest, run_labels, show_run_error, table
+from app.charts import legend_pick, populations_long, show_chart
 from memloc.config import STAGES
-from memloc.explore import memorized_from
-
-POPULATIONS = {
-    "clean_acc": "clean (true labels)",
-    "noisy_acc": "noisy: memorized (noisy labels)",
-    "noisy_true_acc": "noisy vs true labels",
-    "test_acc": "test",
-}
+from memloc.train import memorized_from
 
 run = current_run()
 st.title(f"Overview: {run.name}")
@@ -52,8 +45,7 @@ except RunError as error:
     show_run_error(run, error)
     st.stop()
 
-long = curves.melt(id_vars=["epoch"], value_vars=list(POPULATIONS), var_name="population", value_name="accuracy")
-long["population"] = long["population"].map(POPULATIONS)
+long = populations_long(curves, ["epoch"])
 pick = legend_pick("population")
 chart = (
     alt.Chart(long, title="Accuracy per epoch")

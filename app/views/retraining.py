@@ -3,7 +3,9 @@
 import altair as alt
 import streamlit as st
 
-from app.explore import legend_pick, page_run, require_tables, show_chart
+from app.cache import page_run, require_tables
+from app.charts import legend_pick, populations_long, show_chart
+from memloc.evaluate import POPULATIONS
 
 run, info = page_run()
 st.title("Retraining")
@@ -25,9 +27,8 @@ order = rt.sort_values("group_index")["group"].drop_duplicates().tolist()
 def curves_panel():
     groups = st.multiselect("Retrained groups", order, default=order, key="rt_groups")
     shown = rt[rt["group"].isin(groups)]
-    long = shown.melt(id_vars=["group", "group_index", "epoch"], value_vars=["clean_acc", "noisy_acc", "test_acc"],
-                      var_name="population", value_name="accuracy")
-    long["population"] = long["population"].map({"clean_acc": "clean", "noisy_acc": "noisy (memorized)", "test_acc": "test"})
+    shown_populations = ("clean", "noisy", "test")
+    long = populations_long(shown, ["group", "group_index", "epoch"], shown_populations)
     pick = legend_pick("group")
     color = alt.Color("group:N", sort=order, title="retrained group", legend=alt.Legend(orient="bottom"),
                       scale=alt.Scale(domain=order, range=[("#999999" if g == "none" else c) for g, c in
@@ -44,7 +45,7 @@ def curves_panel():
         )
         .properties(width=210, height=220)
         .add_params(pick)
-        .facet(column=alt.Column("population:N", title=None, sort=["clean", "noisy (memorized)", "test"]))
+        .facet(column=alt.Column("population:N", title=None, sort=[POPULATIONS[p] for p in shown_populations]))
         .properties(title="Accuracy while retraining one group on clean examples")
     )
     show_chart(chart, shown, "retraining", run)

@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.explore import (accuracy_metrics, class_name, decode_interventions, encode_interventions, heatmap, layout,
-                         live, opened, page_run, require_tables, run_labels, show_chart)
+from app.cache import layout, live, opened, page_run, require_tables, run_labels
+from app.charts import accuracy_metrics, class_name, heatmap, show_chart
+from app.url import decode_interventions, encode_interventions
+from memloc.evaluate import POPULATIONS, accuracy_column
 from memloc.interventions import Rewind
 
 run, info = page_run()
@@ -15,7 +17,7 @@ st.markdown(
     "Take the trained model and put one layer group back to its weights of an earlier epoch (0 = "
     "initialization); everything else stays trained. If memorization lived in the last layers, "
     "rewinding them would erase it. Read each heatmap row as one group: dark cells in the middle "
-    "panel mark the few groups whose rewinding makes the model forget its memorized (noisy) labels."
+    "panel mark the few groups whose rewinding makes the model forget the noisy labels it memorized."
 )
 
 tables = require_tables(run, info, "rewinding")
@@ -28,8 +30,8 @@ if tables is not None:
     tip = ["group:N", "epoch:O", alt.Tooltip("clean_acc:Q", format=".3f"), alt.Tooltip("noisy_acc:Q", format=".3f"),
            alt.Tooltip("test_acc:Q", format=".3f")]
     cols = st.columns(3)
-    for col, (value, title) in zip(cols, [("clean_acc", "Clean accuracy"), ("noisy_acc", "Memorization (noisy acc.)"),
-                                          ("test_acc", "Test accuracy")]):
+    for col, population in zip(cols, ("clean", "noisy", "test")):
+        value, title = accuracy_column(population), f"Accuracy: {POPULATIONS[population]}"
         with col:
             show_chart(heatmap(rw, "epoch", "group", value, title, y_sort=order, tooltip=tip),
                        rw, f"rewinding_{value}", run)

@@ -21,7 +21,7 @@ def _app(monkeypatch, root: Path) -> AppTest:
 def test_no_runs_shows_the_command_that_creates_one(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path / "missing").run()
     assert not at.exception
-    assert "python -m precompute run --preset demo" in [c.value for c in at.code]
+    assert f"python -m precompute run --preset demo --out {tmp_path / 'missing' / 'demo'}" in [c.value for c in at.code]
 
 
 def test_overview_of_a_smoke_run_shows_its_curves(monkeypatch, smoke_run):

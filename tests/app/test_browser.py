@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from memloc.evaluate import evaluate
+from memloc.evaluate import POPULATIONS, accuracy_column, evaluate
 from memloc.interventions import ZeroUnits, intervene
 from memloc.runs import open_run
 
@@ -88,9 +88,9 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
     opened = open_run(explorer_run)
     model = opened.model()
     d = opened.data
-    before = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_y)
+    before = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_labels)
     with intervene(model, [ZeroUnits(tuple(units))]):
-        after = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_y)
+        after = evaluate(model, d.train_x, opened.labels, d.test_x, d.test_labels)
     changed = [k for k in ("clean_acc", "noisy_acc", "test_acc") if f"{after[k]:.2%}" != f"{before[k]:.2%}"]
     assert changed, "zeroing the flip set should change some accuracy of the smoke model"
 
@@ -117,7 +117,7 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
             # Neurons: clear the preselected flip set, then zero the units by hand.
             page.goto(f"http://127.0.0.1:{port}/neurons?run=smoke&example={int(row['example_id'])}")
             expect(page.get_by_role("heading", name="Live: zero units yourself")).to_be_visible(timeout=30_000)
-            metric = page.locator("[data-testid='stMetric']").filter(has_text="clean accuracy").first
+            metric = page.locator("[data-testid='stMetric']").filter(has_text=POPULATIONS["clean"]).first
             picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Units to zero")
             box = picker.get_by_role("combobox")
             box.click()
@@ -129,7 +129,7 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
                 box.fill(unit)
                 page.get_by_role("option", name=unit, exact=True).click()
             box.press("Escape")
-            for key, label in (("clean_acc", "clean accuracy"), ("noisy_acc", "memorized (noisy)"), ("test_acc", "test accuracy")):
+            for key, label in ((accuracy_column(p), POPULATIONS[p]) for p in ("clean", "noisy", "test")):
                 shown = page.locator("[data-testid='stMetric']").filter(has_text=label).first
                 expect(shown.locator("[data-testid='stMetricValue']")).to_have_text(f"{after[key]:.2%}", timeout=15_000)
             expect(page).to_have_url(re.compile(r"intervention=zero"))

@@ -12,27 +12,26 @@ import numpy as np
 import pytest
 import torch
 
-from memloc import config as C
+from memloc import overrides
+from memloc.config import STAGE_TABLES
 from models import example_tied_dropout as etd
 from precompute.stages import STAGES, execute
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-TABLES = ("training", "example_training", "gradients", "gradient_tensors", "example_gradients",
-          "rewinding", "rewinding_examples", "retraining", "flipping", "flip_units",
-          "dropout", "dropout_examples")
+TABLES = tuple(table for tables in STAGE_TABLES.values() for table in tables)
 
 
 def test_every_stage_runs_on_cuda_and_agrees_with_the_cpu(smoke_run, tmp_path):
-    run = execute(C.resolve("smoke"), str(tmp_path / "cuda"), torch.device("cuda"), log=lambda _: None)
+    run = execute(overrides.resolve("smoke"), str(tmp_path / "cuda"), torch.device("cuda"), log=lambda _: None)
     assert all(run.is_complete(stage) for stage in STAGES)
     assert run.stage("train")["device"] == "cuda"
     for name in TABLES:
         cpu, gpu = smoke_run.read_table(name), run.read_table(name)
         assert list(gpu.columns) == list(cpu.columns) and len(gpu) == len(cpu), name
-    for model in (None, "dropout"):
-        last = run.checkpoint_epochs(model)[-1]
-        cpu, gpu = smoke_run.read_checkpoint(last, model=model), run.read_checkpoint(last, model=model)
+    for variant in ("plain", "dropout"):
+        last = run.checkpoint_epochs(variant)[-1]
+        cpu, gpu = smoke_run.read_checkpoint(last, variant=variant), run.read_checkpoint(last, variant=variant)
         for key in cpu:
             torch.testing.assert_close(gpu[key], cpu[key], rtol=1e-3, atol=1e-4, msg=key)
     cpu, gpu = smoke_run.read_table("training"), run.read_table("training")

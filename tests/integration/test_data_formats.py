@@ -70,9 +70,9 @@ def test_idx_files_in_torchvision_layout_round_trip(name, folder, gz, tmp_path):
     assert ds.num_classes == 10
     assert torch.equal(ds.train_x[:, 0], normalized(arrays["train-images-idx3-ubyte"]))
     assert torch.equal(ds.test_x[:, 0], normalized(arrays["t10k-images-idx3-ubyte"]))
-    assert torch.equal(ds.train_y, torch.arange(20) % 10)
-    assert torch.equal(ds.test_y, torch.arange(9, -1, -1))
-    assert ds.train_y.dtype == torch.int64 and ds.train_x.dtype == torch.float32
+    assert torch.equal(ds.true_labels, torch.arange(20) % 10)
+    assert torch.equal(ds.test_labels, torch.arange(9, -1, -1))
+    assert ds.true_labels.dtype == torch.int64 and ds.train_x.dtype == torch.float32
 
 
 def test_fashion_mnist_falls_back_to_debians_directory(tmp_path, monkeypatch):
@@ -163,8 +163,8 @@ def test_cifar10_batches_round_trip(tmp_path, skip_checksums):
     red[0, 1, 2] = 1.0
     assert torch.equal(ds.train_x[0], red)
     assert torch.equal(ds.train_x, normalized(train)) and torch.equal(ds.test_x, normalized(test))
-    assert torch.equal(ds.train_y, torch.arange(20) % 10)
-    assert torch.equal(ds.test_y, torch.arange(10))
+    assert torch.equal(ds.true_labels, torch.arange(20) % 10)
+    assert torch.equal(ds.test_labels, torch.arange(10))
 
 
 def test_cifar10_failing_torchvisions_checksum_is_a_data_error(tmp_path):
@@ -192,9 +192,9 @@ def test_svhn_mat_files_round_trip(tmp_path, skip_checksums):
     ds = data.load("svhn", root=tmp_path)
     assert ds.input_shape == data.INPUT_SHAPES["svhn"] == (3, 32, 32) and ds.num_classes == 10
     assert torch.equal(ds.train_x, normalized(train)) and torch.equal(ds.test_x, normalized(test))
-    assert torch.equal(ds.train_y, torch.from_numpy(train_digits))
-    assert torch.equal(ds.test_y, torch.from_numpy(test_digits))
-    assert ds.train_y.dtype == torch.int64 and int(ds.train_y[0]) == 0  # stored as 10
+    assert torch.equal(ds.true_labels, torch.from_numpy(train_digits))
+    assert torch.equal(ds.test_labels, torch.from_numpy(test_digits))
+    assert ds.true_labels.dtype == torch.int64 and int(ds.true_labels[0]) == 0  # stored as 10
 
 
 def test_svhn_image_layout_is_row_column_channel(tmp_path, skip_checksums):
@@ -221,6 +221,6 @@ def test_real_fashion_mnist_from_debian_loads_in_seconds(tmp_path):
     assert elapsed < 10, f"loading Fashion-MNIST took {elapsed:.1f} s"  # about 0.5 s here
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.num_classes == 10
-    assert torch.equal(torch.bincount(ds.train_y), torch.full((10,), 6000))
-    assert torch.equal(torch.bincount(ds.test_y), torch.full((10,), 1000))
+    assert torch.equal(torch.bincount(ds.true_labels), torch.full((10,), 6000))
+    assert torch.equal(torch.bincount(ds.test_labels), torch.full((10,), 1000))
     assert ds.train_x.min() == -1.0 and ds.train_x.max() == 1.0

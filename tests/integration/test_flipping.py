@@ -10,16 +10,20 @@ import pytest
 import torch
 
 import models
-from memloc import config as C
+from memloc.settings import ConfigError
+from memloc import overrides
 from memloc import flipping
 from memloc.evaluate import predict
-from memloc.flipping import FlipSettings, UnitIndex, flip_examples
+from memloc.data import load_data, make_labels
+from memloc.flipping import FlipSettings, flip_examples
 from memloc.flipping_reference import reference_flip
-from memloc.interventions import ZeroUnits, intervene, parse_unit
+from memloc.interventions import UnitIndex, ZeroUnits, intervene, parse_unit, unit_masks
 from memloc.runs import open_run
 from memloc.store import RunError
-from precompute.context import StageContext
-from precompute.flip import STATE, flip_stage
+from precompute.flip import flip_stage
+from precompute.stage import StageContext
+
+STATE = "flip"  # the stage whose resume state the flip stage keeps
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,11 @@ def _tiny(arch, opened, **options):
 @pytest.mark.parametrize("robust", [False, True])
 def test_fast_path_chooses_the_same_units_as_the_reference_on_the_smoke_mlp(opened, robust):
     model = opened.model().double()
-    x, y = opened.data.train_x.double(), opened.labels.train
-    settings = FlipSettings(batch_size=32, cap=20, robust=robust, noise_draws=3, seed=3)
-    ids = _targets(model, x, y, 6)
+    x, y = opened.data.train_x.double(), opened.labels.train_labels
     # Few targets per step and a small chunk: targets join mid-way and chunks split the batch.
-    fast = flip_examples(model, x, y, ids, settings, targets_per_step=4, chunk_rows=100)
+    settings = FlipSettings(batch_size=32, cap=20, robust=robust, noise_draws=3, seed=3, targets_per_step=4, chunk_rows=100)
+    ids = _targets(model, x, y, 6)
+    fast = flip_examples(model, x, y, ids, settings)
     reference = [reference_flip(model, x, y, e, settings) for e in ids]
     assert fast == reference
     assert any(r.flipped for r in fast) and all(len(r.units) for r in fast)
@@ -62,10 +66,10 @@ def test_fast_path_chooses_the_same_units_as_the_reference_on_convnets(opened, a
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_mean.uniform_(-0.2, 0.2)
                     m.running_var.uniform_(0.5, 2.0)
-    x, y = opened.data.train_x[:60].double(), opened.labels.train[:60]
-    settings = FlipSettings(batch_size=12, cap=8, seed=1)
+    x, y = opened.data.train_x[:60].double(), opened.labels.train_labels[:60]
+    settings = FlipSettings(batch_size=12, cap=8, seed=1, targets_per_step=2, chunk_rows=40)
     ids = _targets(model, x, y, 3)
-    fast = flip_examples(model, x, y, ids, settings, targets_per_step=2, chunk_rows=40)
+    fast = flip_examples(model, x, y, ids, settings)
     assert fast == [reference_flip(model, x, y, e, settings) for e in ids]
     assert all(len(r.units) for r in fast)
 
@@ -73,13 +77,11 @@ def test_fast_path_chooses_the_same_units_as_the_reference_on_convnets(opened, a
 def test_mask_gradients_equal_weight_scores(opened):
     """dJ/dm at m = 1 equals sum over the unit's weights and bias of w * dJ/dw (PAPER.md)."""
     model = _tiny("cnn", opened, width=0.25)
-    x, y = opened.data.train_x[:64].double(), opened.labels.train[:64]
+    x, y = opened.data.train_x[:64].double(), opened.labels.train_labels[:64]
     index = UnitIndex(model)
     inputs = x.unsqueeze(0)  # one target: (1, |B|, C, H, W), the target first
     masks = torch.ones(1, index.total, dtype=torch.float64, requires_grad=True)
-    hooks = flipping._UnitMasks(index)
-    with hooks.attached():
-        hooks.set(masks, len(x))
+    with unit_masks(model, masks):
         flipping.objective(model(inputs[0]).unsqueeze(0), y.unsqueeze(0)).sum().backward()
     j = flipping.objective(model(x).unsqueeze(0), y.unsqueeze(0)).sum()
     params = [p for m in index.modules for p in (m.weight, m.bias)]
@@ -103,7 +105,7 @@ def test_zeroing_a_unit_by_mask_equals_zeroing_its_weights_and_bias(opened, arch
     assert torch.allclose(masked, predict(edited, x), rtol=1e-10, atol=1e-12)
     # ... and so does the flipping code's own batched mask (two targets, different masks).
     index = UnitIndex(model)
-    masks = flipping.unit_masks(index, [[index.index_of(f"{layer}[3]"), index.index_of(f"{layer}[7]")], []], x)
+    masks = index.masks([[index.index_of(f"{layer}[3]"), index.index_of(f"{layer}[7]")], []], x)
     preds = flipping.masked_predictions(model, masks, x, chunk_rows=500)
     assert torch.equal(preds[0], predict(edited, x).argmax(1))
     assert torch.equal(preds[1], predict(model, x).argmax(1))
@@ -114,7 +116,7 @@ def test_recorded_units_really_flip_each_example(smoke_run, opened):
     recorded for a flipped example change its prediction to the recorded new prediction."""
     table = smoke_run.read_table("flipping")
     assert table["flipped"].any()
-    model, x, y = opened.model(), opened.data.train_x, opened.labels.train
+    model, x, y = opened.model(), opened.data.train_x, opened.labels.train_labels
     for row in table[table["flipped"]].itertuples():
         with intervene(model, [ZeroUnits(tuple(row.units))]):
             pred = int(predict(model, x[[row.example_id]]).argmax())
@@ -167,11 +169,11 @@ def test_collateral_accuracy_is_what_the_edit_gives(smoke_run, opened):
     row = table[table["flipped"]].iloc[0]
     cfg = opened.config.flip
     d, labels = opened.data, opened.labels
-    evals = flipping.eval_set(d.train_x, labels.train, labels.is_noisy, d.test_x, d.test_y, cfg.eval_train, cfg.eval_test, cfg.seed)
+    evals = flipping.eval_set(d.train_x, labels.train_labels, labels.is_noisy, d.test_x, d.test_labels, cfg.eval_train, cfg.eval_test, cfg.seed)
     model = opened.model()
     with intervene(model, [ZeroUnits(tuple(row["units"]))]):
-        train_ok = predict(model, evals.train_x).argmax(1) == evals.train_y
-        test_ok = predict(model, evals.test_x).argmax(1) == evals.test_y
+        train_ok = predict(model, evals.train_x).argmax(1) == evals.train_labels
+        test_ok = predict(model, evals.test_x).argmax(1) == evals.test_labels
     assert row["acc_clean_after"] == pytest.approx(train_ok[~evals.train_noisy].double().mean().item())
     assert row["acc_noisy_after"] == pytest.approx(train_ok[evals.train_noisy].double().mean().item())
     assert row["acc_test_after"] == pytest.approx(test_ok.double().mean().item())
@@ -199,13 +201,13 @@ def test_reference_batches_are_fresh_per_target_and_contain_it():
 def test_no_hooks_or_grad_flags_remain_after_an_error(opened):
     model = opened.model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = opened.data.train_x, opened.labels.train.clone()
+    x, y = opened.data.train_x, opened.labels.train_labels.clone()
     ids = _targets(model, x, y, 2)
     others = torch.ones(len(y), dtype=torch.bool)
     others[ids] = False
     y[others] = 99  # an impossible label: cross-entropy raises inside the hooked scoring pass
     with pytest.raises(IndexError, match="out of bounds"):
-        flip_examples(model, x, y, ids, FlipSettings(batch_size=64, cap=5), chunk_rows=64)
+        flip_examples(model, x, y, ids, FlipSettings(batch_size=64, cap=5, chunk_rows=64))
     assert all(not m._forward_hooks for m in model.modules())
     assert all(p.requires_grad for p in model.parameters()) and model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -239,36 +241,35 @@ def test_interrupted_flip_stage_resumes_with_the_targets_not_done(smoke_run, smo
 
 
 def test_flip_config_is_validated():
-    with pytest.raises(C.ConfigError, match="flip.cap"):
-        C.resolve("smoke", overrides=["flip.cap=0"])
-    with pytest.raises(C.ConfigError, match="flip.example_ids"):
-        C.resolve("smoke", overrides=['flip.example_ids=["a"]'])
-    assert C.resolve("smoke", overrides=["flip.example_ids=3,5"]).flip.example_ids == (3, 5)
+    with pytest.raises(ConfigError, match="flip.cap"):
+        overrides.resolve("smoke", overrides=["flip.cap=0"])
+    with pytest.raises(ConfigError, match="flip.example_ids"):
+        overrides.resolve("smoke", overrides=['flip.example_ids=["a"]'])
+    assert overrides.resolve("smoke", overrides=["flip.example_ids=3,5"]).flip.example_ids == (3, 5)
 
 
 def test_example_ids_out_of_range_are_a_clear_error(smoke_copy):
-    cfg = C.resolve("smoke", overrides=["flip.example_ids=[1, 100000]"])
+    cfg = overrides.resolve("smoke", overrides=["flip.example_ids=[1, 100000]"])
     opened_copy = open_run(smoke_copy)
     ctx = StageContext(smoke_copy, cfg, opened_copy.data, opened_copy.labels, opened_copy.device)
-    with smoke_copy.lock(), pytest.raises(C.ConfigError, match="0..399"):
+    with smoke_copy.lock(), pytest.raises(ConfigError, match="0..399"):
         flip_stage(ctx)
 
 
 def test_flip_stage_needs_a_trained_model(tmp_path):
-    from memloc.runs import load_data, make_labels
     from memloc.store import Run
 
-    cfg = C.resolve("smoke")
-    ds = load_data(cfg)
+    cfg = overrides.resolve("smoke")
+    ds = load_data(cfg.data)
     run = Run(tmp_path / "fresh")
     with run.lock():
         run.create(cfg.to_dict(), "x" * 64, 0)
-        with pytest.raises(RunError, match="train stage first"):
-            flip_stage(StageContext(run, cfg, ds, make_labels(cfg, ds), torch.device("cpu")))
+        with pytest.raises(RunError, match=r"no checkpoints of its plain model yet \(stage train\)"):
+            flip_stage(StageContext(run, cfg, ds, make_labels(cfg.data, ds), torch.device("cpu")))
 
 
 def test_no_targets_give_empty_tables_with_the_contract_columns(smoke_copy, smoke_run):
-    cfg = C.resolve("smoke", overrides=["flip.n_noisy=0", "flip.n_clean=0"])
+    cfg = overrides.resolve("smoke", overrides=["flip.n_noisy=0", "flip.n_clean=0"])
     opened_copy = open_run(smoke_copy)
     with smoke_copy.lock():
         numbers = flip_stage(StageContext(smoke_copy, cfg, opened_copy.data, opened_copy.labels, opened_copy.device))

@@ -14,10 +14,11 @@ from torch import nn
 import memloc.train
 import models
 import precompute.example_gradients
-from memloc import config as C
-from memloc.config import TrainConfig
+from memloc.settings import ConfigError
+from memloc import overrides
+from memloc.train import TrainSettings
 from memloc.data import load, subsample
-from memloc.evaluate import Labels
+from memloc.data import Labels
 from memloc.example_gradients import example_gradient_norms
 from memloc.gradients import GradientAccounting, finish_values, group_table, tensor_table
 from memloc.gradients_reference import ReferenceAccounting, reference_example_norms, reference_group_values
@@ -98,15 +99,15 @@ def digits():
     from memloc.data import apply_label_noise
 
     ds = subsample(load("digits"), 192, 60, seed=0)
-    train, noisy = apply_label_noise(ds.train_y, 10, 0.1, seed=0)
-    return ds, Labels(ds.train_y, train, noisy)
+    train, noisy = apply_label_noise(ds.true_labels, 10, 0.1, seed=0)
+    return ds, Labels(ds.true_labels, train, noisy)
 
 
 def _train(model, ds, labels, backward, epochs=2):
-    cfg = TrainConfig(epochs=epochs, batch_size=64, peak_epoch=1.0, lr=0.05)
+    cfg = TrainSettings(epochs=epochs, batch_size=64, peak_epoch=1.0, lr=0.05)
     opt = make_optimizer(model.parameters(), cfg)
     for epoch in range(1, epochs + 1):
-        train_epoch(model, opt, ds, labels.train, cfg, epoch, backward=backward)
+        train_epoch(model, opt, ds, labels.train_labels, cfg, epoch, backward=backward)
         yield epoch
 
 
@@ -117,9 +118,9 @@ def test_fast_accounting_equals_the_naive_reference_over_a_short_training_run(di
     fast_model = _tiny(name)
     ref_model = copy.deepcopy(fast_model)
     ref = ReferenceAccounting(ref_model, labels.is_noisy)
-    with GradientAccounting(fast_model, labels.train, labels.is_noisy) as fast:
+    with GradientAccounting(fast_model, labels.train_labels, labels.is_noisy) as fast:
         fast_rows = [fast.epoch_values() for _ in _train(fast_model, ds, labels, fast)]
-        assert fast.mode == mode  # every way of computing the second gradient is covered
+        assert fast.strategy == mode  # every way of computing the second gradient is covered
     for epoch in _train(ref_model, ds, labels, ref):
         ref.end_epoch(epoch)
     numels = [p.numel() for p in fast.params]
@@ -144,7 +145,7 @@ def test_accounting_leaves_the_optimizer_step_bitwise_unchanged(digits, name):
     plain_model = _tiny(name)
     acc_model = copy.deepcopy(plain_model)
     list(_train(plain_model, ds, labels, mean_backward))
-    with GradientAccounting(acc_model, labels.train, labels.is_noisy) as acc:
+    with GradientAccounting(acc_model, labels.train_labels, labels.is_noisy) as acc:
         list(_train(acc_model, ds, labels, acc))
     a, b = plain_model.state_dict(), acc_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -176,7 +177,7 @@ def test_per_example_fast_equals_naive_loop(name):
 
 
 def test_smoke_run_tables_have_the_documented_columns(smoke_run):
-    cfg = C.from_dict(smoke_run.manifest()["config"])
+    cfg = overrides.from_dict(smoke_run.manifest()["config"])
     epochs, n = cfg.train.epochs, cfg.data.train_size
     groups = ["fc1", "fc2", "out"]
     grads = smoke_run.read_table("gradients")
@@ -209,52 +210,18 @@ def test_example_gradients_table_matches_the_checkpoint(smoke_run):
     table = smoke_run.read_table("example_gradients")
     last = table[table["epoch"] == 3].pivot(index="example_id", columns="group", values="grad_norm")
     ids = [0, 7, 123]
-    _, ref = reference_example_norms(opened.model(3), opened.data.train_x[ids], opened.labels.train[ids])
+    _, ref = reference_example_norms(opened.model(3), opened.data.train_x[ids], opened.labels.train_labels[ids])
     np.testing.assert_allclose(last.loc[ids, ["fc1", "fc2", "out"]].to_numpy(), ref.numpy(), rtol=1e-4)
 
 
 def test_turning_accounting_off_leaves_training_bitwise_unchanged(smoke_run, tmp_path):
-    cfg = C.resolve("smoke", overrides=["gradients.accounting=false", 'stages=["train"]'])
+    cfg = overrides.resolve("smoke", overrides=["gradients.accounting=false", 'stages=["train"]'])
     off = execute(cfg, str(tmp_path / "off"), torch.device("cpu"), log=_quiet)
     assert not off.has_table("gradients") and not off.has_table("gradient_tensors")
     for epoch in smoke_run.checkpoint_epochs():
         a, b = smoke_run.read_checkpoint(epoch), off.read_checkpoint(epoch)
         assert all(torch.equal(a[k], b[k]) for k in a), epoch
     assert off.read_table("example_training").equals(smoke_run.read_table("example_training"))
-
-
-@pytest.mark.parametrize("where", ["evaluate", "train state"])
-def test_interrupted_training_keeps_the_gradient_accounting(smoke_run, tmp_path, monkeypatch, where):
-    """Interrupted in epoch 2 (before its checkpoint), or between the accounting's state and the
-    training's state of epoch 2: the resumed run's tables equal the uninterrupted run's."""
-    cfg = C.resolve("smoke", overrides=['stages=["train"]'])
-    out = tmp_path / "interrupted"
-    if where == "evaluate":
-        real, calls = memloc.train.evaluate, {"n": 0}
-
-        def interrupt(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 3:  # epoch 0, epoch 1, then "Ctrl-C" in epoch 2
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(memloc.train, "evaluate", interrupt)
-    else:
-        real_write = Run.write_state
-
-        def interrupt(self, name, tensors, metadata):
-            if name == "train" and metadata["epoch"] == "2":
-                raise KeyboardInterrupt
-            return real_write(self, name, tensors, metadata)
-
-        monkeypatch.setattr(Run, "write_state", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, str(out), torch.device("cpu"), log=_quiet)
-    assert Run(out).has_state("gradients")
-    monkeypatch.undo()
-    run = execute(cfg, str(out), torch.device("cpu"), log=_quiet)
-    for table in ("gradients", "gradient_tensors"):
-        assert run.read_table(table).equals(smoke_run.read_table(table)), table
 
 
 def test_interrupted_example_gradients_stage_resumes(smoke_run, smoke_copy, monkeypatch):
@@ -271,10 +238,10 @@ def test_interrupted_example_gradients_stage_resumes(smoke_run, smoke_copy, monk
 
     monkeypatch.setattr(precompute.example_gradients, "example_gradient_norms", count)
     with pytest.raises(KeyboardInterrupt):
-        execute(C.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
+        execute(overrides.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
     assert smoke_copy.has_state("example_gradients")
     calls.append(1)  # past the interruption
-    execute(C.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
+    execute(overrides.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
     assert len(calls) == 3 + 2  # the resumed stage computed only the two missing checkpoints
     assert smoke_copy.read_table("example_gradients").equals(smoke_run.read_table("example_gradients"))
 
@@ -285,5 +252,5 @@ def test_interrupted_example_gradients_stage_resumes(smoke_run, smoke_copy, monk
     ("gradients.chunk_size=0", "gradients.chunk_size: an integer >= 1"),
 ])
 def test_bad_gradients_settings_are_refused(override, message):
-    with pytest.raises(C.ConfigError, match=message.replace("[", r"\[")):
-        C.resolve("smoke", overrides=[override])
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        overrides.resolve("smoke", overrides=[override])

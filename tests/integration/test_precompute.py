@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import memloc.train
-from memloc import config as C
+from memloc import overrides
 from memloc.store import Run
 from precompute.stages import execute
 
@@ -37,7 +37,7 @@ def test_smoke_run_writes_the_documented_run_directory(smoke_run):
     assert manifest["stages"]["train"]["status"] == "complete"
     assert {"python", "torch", "numpy"} <= set(manifest["versions"])
     assert len(manifest["data_fingerprint"]) == 64
-    cfg = C.from_dict(manifest["config"])
+    cfg = overrides.from_dict(manifest["config"])
     assert smoke_run.checkpoint_epochs() == list(range(cfg.train.epochs + 1))
     labels = smoke_run.read_labels()
     n = cfg.data.train_size
@@ -60,7 +60,7 @@ def test_training_reaches_the_memorization_it_claims(smoke_run, tmp_path):
     from memloc.runs import open_run
 
     opened = open_run(smoke_run)
-    metrics = evaluate(opened.model(), opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_y)
+    metrics = evaluate(opened.model(), opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_labels)
     last = smoke_run.read_table("training").iloc[-1]
     for key in ("clean_acc", "noisy_acc", "test_acc"):
         assert metrics[key] == pytest.approx(last[key])
@@ -76,48 +76,18 @@ def test_per_example_stats_come_from_the_training_pass(smoke_run):
 
 
 def test_same_config_and_seed_give_bitwise_identical_checkpoints(smoke_run, tmp_path):
-    again = execute(C.resolve("smoke"), str(tmp_path / "again"), torch.device("cpu"), log=_quiet)
+    again = execute(overrides.resolve("smoke"), str(tmp_path / "again"), torch.device("cpu"), log=_quiet)
     for epoch in smoke_run.checkpoint_epochs():
         a, b = smoke_run.read_checkpoint(epoch), again.read_checkpoint(epoch)
         assert all(torch.equal(a[k], b[k]) for k in a), epoch
 
 
-def test_interrupted_run_resumes_to_the_same_final_checkpoint(smoke_run, tmp_path, monkeypatch):
-    cfg = C.resolve("smoke")
-    out = tmp_path / "interrupted"
-    real_evaluate = memloc.train.evaluate
-    calls = {"n": 0}
-
-    def evaluate_then_interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 0, epoch 1, then "Ctrl-C" in the middle of epoch 2
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(memloc.train, "evaluate", evaluate_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, str(out), torch.device("cpu"), log=_quiet)
-    run = Run(out)
-    assert run.checkpoint_epochs() == [0, 1] and not run.is_complete("train")
-    assert run.stage("train")["status"] == "running"
-
-    monkeypatch.setattr(memloc.train, "evaluate", real_evaluate)
-    messages: list[str] = []
-    execute(cfg, str(out), torch.device("cpu"), log=messages.append)
-    assert any("resuming" in m for m in messages)
-    last = cfg.train.epochs
-    a, b = smoke_run.read_checkpoint(last), run.read_checkpoint(last)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert run.read_table("training").drop(columns="seconds").equals(smoke_run.read_table("training").drop(columns="seconds"))
-    assert run.read_table("example_training").equals(smoke_run.read_table("example_training"))
-
-
 def test_complete_run_is_skipped_and_other_config_is_refused(smoke_copy):
     messages: list[str] = []
-    execute(C.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=messages.append)
+    execute(overrides.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=messages.append)
     assert "stage train: complete, skipped" in messages
     with pytest.raises(Exception, match=r"another config \(train.epochs 3 \(run\) vs 4 \(now\)\)"):
-        execute(C.resolve("smoke", overrides=["train.epochs=4"]), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
+        execute(overrides.resolve("smoke", overrides=["train.epochs=4"]), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
 
 
 def test_cli_smoke_end_to_end_in_seconds(tmp_path):
@@ -155,7 +125,7 @@ def test_cli_rejects_bad_input_with_one_line_and_writes_nothing(tmp_path, args, 
 def test_cli_help_documents_every_key():
     result = _cli("run", "--help")
     assert result.returncode == 0
-    for key in C.known_keys():
+    for key in overrides.known_keys():
         assert key in result.stdout
 
 
@@ -164,10 +134,15 @@ def test_cli_list_without_runs_says_how_to_make_one(tmp_path):
     assert result.returncode == 0 and "python -m precompute run --preset demo" in result.stdout
 
 
-def test_a_run_made_before_a_stage_existed_takes_todays_settings_for_it(smoke_copy):
+def test_a_run_of_an_older_schema_is_one_line_with_the_command_that_recreates_it(smoke_copy):
     manifest_file = smoke_copy.path / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
-    del manifest["config"]["flip"]  # as if the run predates the flip stage
-    manifest_file.write_text(json.dumps(manifest))
-    execute(C.resolve("smoke"), str(smoke_copy.path), torch.device("cpu"), log=_quiet)
-    assert smoke_copy.manifest()["config"]["flip"] == C.resolve("smoke").to_dict()["flip"]
+    manifest_file.write_text(json.dumps({**manifest, "schema_version": 1}))
+    before = {p: p.stat().st_mtime_ns for p in smoke_copy.path.rglob("*") if p.is_file() and p.name != ".lock"}
+    for args in (["run", "--preset", "smoke", "--out", str(smoke_copy.path)], ["list", str(smoke_copy.path.parent)]):
+        result = _cli(*args)
+        assert "Traceback" not in result.stderr
+        text = result.stderr if args[0] == "run" else result.stdout
+        assert f"recreate it with `python -m precompute run --preset smoke --out {smoke_copy.path}`" in text
+    assert result.returncode == 0 and _cli("run", "--preset", "smoke", "--out", str(smoke_copy.path)).returncode == 2
+    assert {p: p.stat().st_mtime_ns for p in smoke_copy.path.rglob("*") if p.is_file() and p.name != ".lock"} == before  # nothing written

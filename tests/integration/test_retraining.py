@@ -1,23 +1,22 @@
 """Layer retraining: the fast path equals the naive reference; freezing is real (frozen parameters
-and buffers bitwise unchanged, only the group optimized); noisy examples are never trained on;
-the stopping rule; the `retrain` stage's table on the smoke run."""
+and buffers bitwise unchanged, only the group optimized) and the model is the final model again
+afterwards; noisy examples are never trained on; the stopping rule; the `retrain` stage's table
+on the smoke run."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
 import models
-from memloc import config as C
-from memloc.evaluate import Labels
+from memloc.retraining import RetrainSettings
+from memloc import overrides
+from memloc.data import Labels
 from memloc.interventions import group_state_names
-from memloc.retraining import RetrainData, reset_and_freeze, retrain_group, retrain_reference
+from memloc.retraining import COLUMNS, RetrainData, retrain_group, retrain_reference, retrained
 from memloc.runs import open_run
 
-RETRAINING = ["group", "group_index", "epoch", "clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"]
-SHORT = C.RetrainConfig(max_epochs=3, peak_epoch=1.0)
+SHORT = RetrainSettings(max_epochs=3, peak_epoch=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +25,14 @@ def opened(smoke_run):
 
 
 def _smoke_data(opened) -> RetrainData:
-    return RetrainData(opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_y)
+    return RetrainData(opened.data.train_x, opened.labels, opened.data.test_x, opened.data.test_labels)
 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "whole-model"])
 def test_fast_path_equals_the_reference_on_the_smoke_run(opened, cache_bytes):
     model, init, data = opened.model(), opened.checkpoint(0), _smoke_data(opened)
     for group in model.layer_groups:
-        edited = copy.deepcopy(model)
-        fast = retrain_group(edited, init, group, data, SHORT, 64, 0, 4096, cache_bytes)
+        fast = retrain_group(model, init, group, data, SHORT, 64, 0, 4096, cache_bytes)
         assert fast == retrain_reference(model, init, group, data, SHORT, 64, 0)[0]
         assert [row["epoch"] for row in fast] == [0, 1, 2, 3]
 
@@ -58,7 +56,7 @@ def _bn_model_and_data():
 @pytest.mark.parametrize("group", ["prep", "res1.1", "fc"])
 def test_fast_path_equals_the_reference_with_batchnorm(group):
     model, init, data = _bn_model_and_data()
-    fast = retrain_group(copy.deepcopy(model), init, group, data, SHORT, 16, 0, 16)
+    fast = retrain_group(model, init, group, data, SHORT, 16, 0, 16)
     slow, _ = retrain_reference(model, init, group, data, SHORT, 16, 0, 16)
     for a, b in zip(fast, slow, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
@@ -68,25 +66,19 @@ def test_fast_path_equals_the_reference_with_batchnorm(group):
 def test_frozen_parameters_and_buffers_stay_bitwise_and_only_the_group_is_optimized(group):
     model, init, data = _bn_model_and_data()
     final = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
     trained = set(group_state_names(model, group, include_buffers=True))
-    retrain_group(model, init, group, data, SHORT, 16, 0)
-    after = model.state_dict()
+    with retrained(model, init, group, data, SHORT, 16, 0):
+        after = {k: v.clone() for k, v in model.state_dict().items()}
     for name, value in final.items():
         if name not in trained:
             assert torch.equal(after[name], value), name
     # The group did train: its parameters left the initialization, its BatchNorm statistics moved.
     assert not torch.equal(after[f"{group}.conv.weight"], init[f"{group}.conv.weight"])
     assert not torch.equal(after[f"{group}.bn.running_mean"], init[f"{group}.bn.running_mean"])
-
-
-def test_reset_and_freeze_gives_the_optimizer_exactly_the_group():
-    model, init, _ = _bn_model_and_data()
-    params = reset_and_freeze(model, init, "res1.0")
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {n for n in group_state_names(model, "res1.0", include_buffers=False)}
-    assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters() if n in names}
-    for name in group_state_names(model, "res1.0"):
-        assert torch.equal(model.state_dict()[name], init[name])
+    # ... and once the scope ends the model is the final model again, bitwise, in its modes.
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
+    assert all(p.requires_grad for p in model.parameters()) and [m.training for m in model.modules()] == modes
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
@@ -96,19 +88,17 @@ def test_noisy_examples_never_reach_the_optimizer(opened, path):
     model, init = opened.model(), opened.checkpoint(0)
     x = opened.data.train_x.clone()
     x[opened.labels.is_noisy] = float("nan")
-    data = RetrainData(x, opened.labels, opened.data.test_x, opened.data.test_y)
+    data = RetrainData(x, opened.labels, opened.data.test_x, opened.data.test_labels)
     if path == "fast":
-        edited = copy.deepcopy(model)
-        retrain_group(edited, init, "fc1", data, SHORT, 64, 0)
+        with retrained(model, init, "fc1", data, SHORT, 64, 0):
+            weight = model.fc1.weight.clone()
     else:
-        _, edited = retrain_reference(model, init, "fc1", data, SHORT, 64, 0)
-    weight = edited.fc1.weight
+        weight = retrain_reference(model, init, "fc1", data, SHORT, 64, 0)[1].fc1.weight
     assert torch.isfinite(weight).all() and not torch.equal(weight, init["fc1.weight"])
     # The poison is real: the same spy with the noisy examples in the training set does go NaN.
-    poisoned = Labels(opened.labels.true, opened.labels.train, torch.zeros_like(opened.labels.is_noisy))
-    edited = copy.deepcopy(model)
-    retrain_group(edited, init, "fc1", RetrainData(x, poisoned, data.test_x, data.test_y), SHORT, 64, 0)
-    assert torch.isnan(edited.fc1.weight).all()
+    poisoned = Labels(opened.labels.true_labels, opened.labels.train_labels, torch.zeros_like(opened.labels.is_noisy))
+    with retrained(model, init, "fc1", RetrainData(x, poisoned, data.test_x, data.test_labels), SHORT, 64, 0):
+        assert torch.isnan(model.fc1.weight).all()
 
 
 def test_stops_after_patience_epochs_at_full_clean_accuracy():
@@ -121,16 +111,16 @@ def test_stops_after_patience_epochs_at_full_clean_accuracy():
     labels = Labels(true, torch.where(is_noisy, 1 - true, true), is_noisy)
     init = models.build("mlp", (1, 2, 2), 2, hidden=[8]).state_dict()
     model = models.build("mlp", (1, 2, 2), 2, hidden=[8])
-    cfg = C.RetrainConfig(lr=0.5, peak_epoch=1.0, max_epochs=20, patience=2)
+    cfg = RetrainSettings(lr=0.5, peak_epoch=1.0, max_epochs=20, patience=2)
     rows = retrain_group(model, init, "out", RetrainData(x, labels, x[:8], true[:8]), cfg, 8, 0)
     full = [row["epoch"] for row in rows[1:] if row["clean_acc"] == 1.0]
     assert len(full) == 2 and rows[-1]["epoch"] == full[-1] < 20
 
 
 def test_smoke_run_retraining_table(smoke_run):
-    cfg = C.from_dict(smoke_run.manifest()["config"])
+    cfg = overrides.from_dict(smoke_run.manifest()["config"])
     table = smoke_run.read_table("retraining")
-    assert list(table.columns) == RETRAINING
+    assert list(table.columns) == COLUMNS == ["group", "group_index", "epoch", "clean_acc", "noisy_acc", "noisy_true_acc", "test_acc"]
     control = table[table["group"] == "none"]
     assert control[["group_index", "epoch"]].values.tolist() == [[-1, 0]]
     last = smoke_run.read_table("training").iloc[-1]

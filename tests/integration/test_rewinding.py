@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import models
-from memloc import config as C
-from memloc.evaluate import Labels, predict
+from memloc import overrides
+from memloc.data import Labels
+from memloc.evaluate import predict
 from memloc.interventions import Rewind
 from memloc.rewinding import RewindEvaluator, evaluate_rewind, rewind_reference
 from memloc.runs import open_run
@@ -31,13 +32,13 @@ def _same(a, b):
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "chunked"])
 def test_grid_equals_the_naive_reference_on_the_smoke_run(opened, cache_bytes):
     model, data = opened.model(), opened.data
-    evaluator = RewindEvaluator(model, opened.checkpoint, data.train_x, opened.labels, data.test_x, data.test_y,
+    evaluator = RewindEvaluator(model, opened.checkpoint, data.train_x, opened.labels, data.test_x, data.test_labels,
                                 batch_size=128, cache_bytes=cache_bytes)
     epochs = opened.run.checkpoint_epochs()
     cells = list(evaluator.grid(model.layer_groups, epochs))
     assert [c[0] for c in cells] == [Rewind(g, e) for g in model.layer_groups for e in epochs]
     for item, result in cells:
-        _same(result, rewind_reference(model, opened.checkpoint, item, data.train_x, opened.labels, data.test_x, data.test_y, 128))
+        _same(result, rewind_reference(model, opened.checkpoint, item, data.train_x, opened.labels, data.test_x, data.test_labels, 128))
 
 
 def _bn_setup():
@@ -62,15 +63,15 @@ def _bn_setup():
 
 @pytest.mark.parametrize("include_buffers", [True, False])
 def test_grid_equals_the_reference_with_batchnorm_statistics(include_buffers):
-    model, checkpoint, x, labels, test_x, test_y = _bn_setup()
-    evaluator = RewindEvaluator(model, checkpoint, x, labels, test_x, test_y, batch_size=16, cache_bytes=2000)
+    model, checkpoint, x, labels, test_x, test_labels = _bn_setup()
+    evaluator = RewindEvaluator(model, checkpoint, x, labels, test_x, test_labels, batch_size=16, cache_bytes=2000)
     for item, result in evaluator.grid(model.layer_groups, [0, 1], include_buffers):
-        _same(result, rewind_reference(model, checkpoint, item, x, labels, test_x, test_y, 16))
+        _same(result, rewind_reference(model, checkpoint, item, x, labels, test_x, test_labels, 16))
 
 
 def test_rewinding_statistics_or_not_is_a_real_difference():
-    model, checkpoint, x, labels, test_x, test_y = _bn_setup()
-    evaluator = RewindEvaluator(model, checkpoint, x, labels, test_x, test_y)
+    model, checkpoint, x, labels, test_x, test_labels = _bn_setup()
+    evaluator = RewindEvaluator(model, checkpoint, x, labels, test_x, test_labels)
     with_stats = evaluator.evaluate([Rewind("layer1", 0, include_buffers=True)])
     params_only = evaluator.evaluate([Rewind("layer1", 0, include_buffers=False)])
     assert with_stats.metrics["clean_loss"] != params_only.metrics["clean_loss"]
@@ -100,7 +101,7 @@ def test_live_call_matches_the_reference_and_leaves_the_model_as_it_was(opened):
     item = Rewind("fc2", 0)
     first = evaluator.evaluate([item])
     again = evaluator.evaluate([item])  # from the cached activations in front of fc2
-    reference = rewind_reference(opened.model(), opened.checkpoint, item, data.train_x, opened.labels, data.test_x, data.test_y)
+    reference = rewind_reference(opened.model(), opened.checkpoint, item, data.train_x, opened.labels, data.test_x, data.test_labels)
     kept = opened.model()
     for result in (first, again, evaluate_rewind(opened, [item]), evaluate_rewind(opened, [item], kept)):
         _same(result, reference)
@@ -115,7 +116,7 @@ def test_live_call_matches_the_reference_and_leaves_the_model_as_it_was(opened):
 
 
 def test_smoke_run_rewinding_tables(smoke_run):
-    cfg = C.from_dict(smoke_run.manifest()["config"])
+    cfg = overrides.from_dict(smoke_run.manifest()["config"])
     table = smoke_run.read_table("rewinding")
     assert list(table.columns) == REWINDING
     groups = ["fc1", "fc2", "out"]
@@ -143,7 +144,7 @@ def test_smoke_run_rewinding_tables(smoke_run):
 
 
 def test_rewind_stage_resumes_after_an_interruption_and_records_the_buffer_choice(tmp_path, monkeypatch):
-    cfg = C.resolve("smoke", overrides=['stages=["train","rewind"]', "rewind.include_buffers=false", "rewind.epochs=[0,2]"])
+    cfg = overrides.resolve("smoke", overrides=['stages=["train","rewind"]', "rewind.include_buffers=false", "rewind.epochs=[0,2]"])
     calls = []
     grid = RewindEvaluator.grid
 

@@ -1,34 +1,44 @@
+"""Run configuration: each section's settings checked where they are declared, the override
+engine (presets, TOML, --set), and the command line that recreates a recorded config."""
+
 import dataclasses
 import json
+import shlex
 
 import pytest
 
-from memloc import config as C
+from memloc import overrides
+from memloc.config import SECTIONS, STAGE_TABLES, STAGES, RunConfig
+from memloc.dropout import DropoutSettings
+from memloc.flipping import FlipSettings
+from memloc.presets import PRESETS
+from memloc.settings import ConfigError
+from models.example_tied_dropout import DropoutOptions
 
 
 def test_defaults_are_the_papers_setting():
-    cfg = C.RunConfig()
+    cfg = RunConfig()
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.peak_epoch) == (50, 512, 0.1, 10.0)
     assert (cfg.train.momentum, cfg.train.weight_decay, cfg.data.noise_frac) == (0.9, 5e-4, 0.1)
 
 
-@pytest.mark.parametrize("preset", list(C.PRESETS))
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_resolves_and_round_trips_through_json(preset):
-    cfg = C.resolve(preset)
-    again = C.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    cfg = overrides.resolve(preset)
+    again = overrides.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.to_dict() == cfg.to_dict()
 
 
 def test_overrides_are_typed_and_layered():
-    cfg = C.resolve("demo", {"train": {"epochs": 20}}, overrides=["train.lr=0.05", "data.name=fashion-mnist",
+    cfg = overrides.resolve("demo", {"train": {"epochs": 20}}, overrides=["train.lr=0.05", "data.name=fashion-mnist",
                                                                  "model.name=resnet9", "model.options.width=0.25"])
     assert cfg.train.epochs == 20 and cfg.train.lr == 0.05 and cfg.data.name == "fashion-mnist"
     assert dict(cfg.model.options) == {"width": 0.25}  # the preset's mlp options were replaced
-    assert C.resolve("demo", overrides=["train.peak_epoch=3"]).train.peak_epoch == 3.0  # int accepted as float
+    assert overrides.resolve("demo", overrides=["train.peak_epoch=3"]).train.peak_epoch == 3.0  # int accepted as float
 
 
 def test_configs_are_immutable():
-    cfg = C.resolve("smoke")
+    cfg = overrides.resolve("smoke")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.epochs = 3
     with pytest.raises(TypeError):
@@ -36,7 +46,7 @@ def test_configs_are_immutable():
 
 
 @pytest.mark.parametrize(
-    "overrides, fragment",
+    "sets, fragment",
     [
         (["data.noise_frac=1.5"], "data.noise_frac: a fraction in [0, 1), got 1.5"),
         (["data.noise_frac=-0.1"], "data.noise_frac"),
@@ -52,23 +62,26 @@ def test_configs_are_immutable():
         (["bogus=1"], "unknown key 'bogus'"),
         (["stages=[\"fly\"]"], "stages: a non-empty list"),
         (["noequals"], "expected key=value"),
+        (["dropout.p_gen=1.5"], "dropout.p_gen: a fraction in (0, 1), got 1.5"),
+        (["dropout.after=[\"fc9\"]"], "dropout: mlp: example_tied_dropout.after: distinct names from ['fc1', 'fc2']"),
+        (["flip.cap=0"], "flip.cap: an integer >= 1, got 0"),
     ],
 )
-def test_bad_values_name_the_key_and_what_is_allowed(overrides, fragment):
-    with pytest.raises(C.ConfigError) as err:
-        C.resolve("demo", overrides=overrides)
+def test_bad_values_name_the_key_and_what_is_allowed(sets, fragment):
+    with pytest.raises(ConfigError) as err:
+        overrides.resolve("demo", overrides=sets)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(C.ConfigError, match="--preset: one of smoke, demo"):
-        C.resolve("tiny")
+    with pytest.raises(ConfigError, match="--preset: one of smoke, demo"):
+        overrides.resolve("tiny")
 
 
 def test_help_documents_every_key():
-    text = C.describe_keys()
-    for key in C.known_keys():
+    text = overrides.describe_keys()
+    for key in overrides.known_keys():
         assert key in text
     assert "share of training labels flipped" in text
 
@@ -76,23 +89,77 @@ def test_help_documents_every_key():
 def test_toml_file(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[train]\nepochs = 4\n[model]\nname = 'cnn'\n")
-    cfg = C.resolve("smoke", C.load_toml(str(f)))
+    cfg = overrides.resolve("smoke", overrides.load_toml(str(f)))
     assert cfg.train.epochs == 4 and cfg.model.name == "cnn"
     (tmp_path / "bad.toml").write_text("[train\n")
-    with pytest.raises(C.ConfigError, match="not valid TOML"):
-        C.load_toml(str(tmp_path / "bad.toml"))
-    with pytest.raises(C.ConfigError, match="no such file"):
-        C.load_toml(str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        overrides.load_toml(str(tmp_path / "bad.toml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        overrides.load_toml(str(tmp_path / "missing.toml"))
 
 
 def test_stage_names_match_the_precompute_stages():
-    from precompute.stages import STAGES
+    from precompute import stages
 
-    assert tuple(STAGES) == C.STAGES
+    assert tuple(stages.STAGES) == STAGES == tuple(STAGE_TABLES)
+
+
+def test_a_settings_value_cannot_be_invalid_and_each_setting_is_declared_once():
+    with pytest.raises(ConfigError, match="cap: an integer >= 1, got 0"):
+        FlipSettings(cap=0)
+    with pytest.raises(ValueError, match="p_mem: a fraction in"):
+        DropoutSettings(p_mem=0.0)
+    # The dropout section is the zoo's dropout options plus its own `epochs`, not a copy of them.
+    assert issubclass(DropoutSettings, DropoutOptions)
+    assert [f.name for f in dataclasses.fields(DropoutSettings)] == [f.name for f in dataclasses.fields(DropoutOptions)] + ["epochs"]
+    for cls in (RunConfig, *SECTIONS.values()):
+        for f in dataclasses.fields(cls):
+            assert cls in (RunConfig,) and f.name in SECTIONS or f.metadata.get("help"), (cls.__name__, f.name)
+
+
+def _run_command(command: str) -> RunConfig:
+    """Resolve the config that a `python -m precompute run` command line asks for."""
+    args = shlex.split(command)
+    assert args[:4] == ["python", "-m", "precompute", "run"]
+    preset, sets, i = None, [], 4
+    while i < len(args):
+        flag, value = args[i], args[i + 1]
+        if flag == "--preset":
+            preset = value
+        elif flag == "--set":
+            sets.append(value)
+        elif flag == "--data-root":
+            sets.append(f"data.root={json.dumps(value)}")
+        i += 2
+    return overrides.resolve(preset, overrides=sets)
+
+
+@pytest.mark.parametrize("preset, sets", [
+    ("smoke", []),
+    ("demo", []),
+    ("smoke", ["train.epochs=4", "flip.example_ids=[3, 7]", "data.noise_frac=0.2"]),
+    ("demo", ["model.name=cnn", "model.options.width=0.5", "stages=[\"train\", \"rewind\"]", "dropout.after=[\"conv1\"]"]),
+    ("fashion-mnist", ["model.options={}", "data.root=\"/tmp/my data\""]),
+])
+def test_command_for_a_recorded_config_makes_that_config(preset, sets):
+    cfg = overrides.resolve(preset, overrides=sets)
+    command = overrides.command_for(cfg.to_dict(), "runs/x y")
+    assert command.endswith("--out 'runs/x y'")
+    assert _run_command(command).to_dict() == cfg.to_dict()
+    if not sets:
+        assert command == f"python -m precompute run --preset {preset} --out 'runs/x y'"
+
+
+def test_command_for_can_add_stages_and_skips_keys_this_memloc_does_not_know():
+    recorded = overrides.resolve("smoke", overrides=["stages=[\"train\"]"]).to_dict()
+    recorded["flip"]["retired_key"] = 1  # as if written by another memloc
+    command = overrides.command_for(recorded, "runs/s", stages=["train", "flip"])
+    assert "retired_key" not in command
+    assert _run_command(command).stages == ("train", "flip")
 
 
 def test_comma_lists_from_the_command_line_are_read_as_values():
-    cfg = C.resolve("demo", overrides=["rewind.epochs=0,5", "flip.example_ids=3, 7", "stages=train,rewind"])
+    cfg = overrides.resolve("demo", overrides=["rewind.epochs=0,5", "flip.example_ids=3, 7", "stages=train,rewind"])
     assert cfg.rewind.epochs == (0, 5) and cfg.flip.example_ids == (3, 7) and cfg.stages == ("train", "rewind")
-    with pytest.raises(C.ConfigError, match="rewind.epochs"):
-        C.resolve("demo", overrides=["rewind.epochs=0,x"])
+    with pytest.raises(ConfigError, match="rewind.epochs"):
+        overrides.resolve("demo", overrides=["rewind.epochs=0,x"])

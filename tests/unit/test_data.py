@@ -22,9 +22,9 @@ def toy_dataset(num_train=12, num_test=6, name="toy"):
     return Dataset(
         name=name,
         train_x=images(num_train),
-        train_y=torch.arange(num_train),
+        true_labels=torch.arange(num_train),
         test_x=images(num_test),
-        test_y=torch.arange(num_test),
+        test_labels=torch.arange(num_test),
         classes=tuple(str(i) for i in range(max(num_train, num_test))),
     )
 
@@ -133,7 +133,7 @@ def test_label_noise_rejects_labels_outside_the_classes():
 def test_digits_has_a_fixed_stratified_split_normalized_to_minus_one_one(digits):
     assert digits.name == "digits"
     assert digits.train_x.shape == (1437, 1, 8, 8) and digits.test_x.shape == (360, 1, 8, 8)
-    assert digits.train_x.dtype == torch.float32 and digits.train_y.dtype == torch.int64
+    assert digits.train_x.dtype == torch.float32 and digits.true_labels.dtype == torch.int64
     assert digits.input_shape == data.INPUT_SHAPES["digits"] == (1, 8, 8)
     assert digits.num_classes == 10 and digits.num_train == 1437
     assert digits.classes == tuple("0123456789")
@@ -141,11 +141,11 @@ def test_digits_has_a_fixed_stratified_split_normalized_to_minus_one_one(digits)
         assert x.min() == -1.0 and x.max() == 1.0
     # scikit-learn's digits have values 0..16: normalized values are multiples of 1/8 minus 1.
     assert torch.equal(digits.train_x, torch.round((digits.train_x + 1) * 8) / 8 - 1)
-    train_share = torch.bincount(digits.train_y) / 1437
-    test_share = torch.bincount(digits.test_y) / 360
+    train_share = torch.bincount(digits.true_labels) / 1437
+    test_share = torch.bincount(digits.test_labels) / 360
     assert torch.allclose(train_share, test_share, atol=0.01)  # stratified
     again = data.load("digits")
-    assert torch.equal(again.train_x, digits.train_x) and torch.equal(again.test_y, digits.test_y)
+    assert torch.equal(again.train_x, digits.train_x) and torch.equal(again.test_labels, digits.test_labels)
 
 
 def test_input_shapes_are_known_for_every_data_set():
@@ -155,7 +155,7 @@ def test_input_shapes_are_known_for_every_data_set():
 def test_dataset_to_moves_every_tensor(digits):
     moved = digits.to("cpu")
     assert isinstance(moved, Dataset) and moved.classes == digits.classes
-    for name in ("train_x", "train_y", "test_x", "test_y"):
+    for name in ("train_x", "true_labels", "test_x", "test_labels"):
         assert getattr(moved, name).device.type == "cpu"
 
 
@@ -172,19 +172,19 @@ def test_subsample_takes_a_seeded_sorted_subset_without_replacement():
     ds = toy_dataset(num_train=50, num_test=20)
     sub = data.subsample(ds, 10, 5, seed=0)
     assert sub.num_train == 10 and len(sub.test_x) == 5 and sub.name == "toy"
-    for x, y in ((sub.train_x, sub.train_y), (sub.test_x, sub.test_y)):
+    for x, y in ((sub.train_x, sub.true_labels), (sub.test_x, sub.test_labels)):
         assert torch.all(y[1:] > y[:-1])  # sorted ids, no repeats
         assert torch.equal(x[:, 0, 0, 0], y.float())  # images stay with their labels
     same = data.subsample(ds, 10, 5, seed=0)
     other = data.subsample(ds, 10, 5, seed=1)
-    assert torch.equal(same.train_y, sub.train_y) and torch.equal(same.test_y, sub.test_y)
-    assert not torch.equal(other.train_y, sub.train_y)
+    assert torch.equal(same.true_labels, sub.true_labels) and torch.equal(same.test_labels, sub.test_labels)
+    assert not torch.equal(other.true_labels, sub.true_labels)
 
 
 def test_subsample_none_keeps_a_split_whole():
     ds = toy_dataset()
     sub = data.subsample(ds, None, 3, seed=0)
-    assert torch.equal(sub.train_x, ds.train_x) and len(sub.test_y) == 3
+    assert torch.equal(sub.train_x, ds.train_x) and len(sub.test_labels) == 3
 
 
 @pytest.mark.parametrize("train_size, test_size", [(13, None), (None, 7), (0, None), (-1, 1)])
@@ -208,11 +208,11 @@ def test_fingerprint_changes_with_the_data(digits):
     assert base == data.fingerprint(data.load("digits"))
     pixel = digits.train_x.clone()
     pixel[5, 0, 3, 3] += 0.125
-    label = digits.test_y.clone()
+    label = digits.test_labels.clone()
     label[0] = (label[0] + 1) % 10
     variants = [
         replace(digits, train_x=pixel),
-        replace(digits, test_y=label),
+        replace(digits, test_labels=label),
         replace(digits, name="other"),
         data.subsample(digits, 1000, None, seed=0),
     ]

@@ -157,7 +157,7 @@ def test_the_mask_table_gives_the_hash_masks_and_holds_n_times_c_bits():
 def test_training_with_bit_tables_equals_training_with_the_hash():
     """An epoch of `train_epoch` (which reads the mask table) gives bitwise the weights of the
     same epoch written out with the hash's masks."""
-    from memloc import config as C
+    from memloc.train import TrainSettings
     from memloc.data import Dataset
     from memloc.schedule import one_cycle_lr
     from memloc.train import epoch_generator, make_optimizer, train_epoch
@@ -167,9 +167,9 @@ def test_training_with_bit_tables_equals_training_with_the_hash():
     gen = torch.Generator().manual_seed(0)
     data = Dataset("toy", torch.randn(50, 1, 4, 4, generator=gen), torch.randint(0, 3, (50,), generator=gen),
                    torch.randn(5, 1, 4, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen), ("a", "b", "c"))
-    cfg = C.TrainConfig(epochs=2, batch_size=16, peak_epoch=1.0)
+    cfg = TrainSettings(epochs=2, batch_size=16, peak_epoch=1.0)
     by_hash = copy.deepcopy(model)
-    train_epoch(model, make_optimizer(model.parameters(), cfg), data, data.train_y, cfg, 1)
+    train_epoch(model, make_optimizer(model.parameters(), cfg), data, data.true_labels, cfg, 1)
     assert all(lay._table is not None for lay in etd.dropout_layers(model))
 
     optimizer = make_optimizer(by_hash.parameters(), cfg)
@@ -177,7 +177,7 @@ def test_training_with_bit_tables_equals_training_with_the_hash():
     for i, ids in enumerate(order.split(16)):
         for group in optimizer.param_groups:
             group["lr"] = one_cycle_lr(i, 4, cfg.epochs, cfg.peak_epoch, cfg.lr)
-        loss = F.cross_entropy(by_hash(data.train_x[ids], example_ids=ids), data.train_y[ids], reduction="none")
+        loss = F.cross_entropy(by_hash(data.train_x[ids], example_ids=ids), data.true_labels[ids], reduction="none")
         optimizer.zero_grad(set_to_none=True)
         loss.mean().backward()
         optimizer.step()
@@ -250,10 +250,11 @@ def test_choosing_fewer_places_keeps_the_other_layers_masks():
 
 
 @pytest.mark.parametrize("option,fragment", [
-    ({"p_gen": 0.0}, "p_gen must be in \\(0, 1\\)"),
-    ({"p_mem": 1.5}, "p_mem must be in \\(0, 1\\)"),
-    ({"seed": "a"}, "seed must be an int"),
-    ({"after": ["fc9"]}, "after must be distinct names from \\['fc1', 'fc2'\\]"),
+    ({"p_gen": 0.0}, "example_tied_dropout.p_gen: a fraction in \\(0, 1\\), got 0.0"),
+    ({"p_mem": 1.5}, "p_mem: a fraction in \\(0, 1\\)"),
+    ({"seed": "a"}, "seed: an integer"),
+    ({"after": ["fc9"]}, "after: distinct names from \\['fc1', 'fc2'\\]"),
+    ({"after": ["fc1", "fc1"]}, "after: distinct names"),
     ({"p_keep": 0.1}, "unknown example_tied_dropout key"),
     ([0.2, 0.1], "must be a table"),
 ])

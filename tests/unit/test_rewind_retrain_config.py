@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from memloc import config as C
+from memloc.settings import ConfigError
+from memloc.presets import PRESETS
+from memloc import overrides
 
 
 def test_defaults_follow_the_paper_and_every_preset_runs_both_stages():
-    cfg = C.resolve("demo")
+    cfg = overrides.resolve("demo")
     assert (cfg.retrain.lr, cfg.retrain.max_epochs, cfg.retrain.patience, cfg.retrain.peak_epoch) == (0.01, 20, 3, 10.0)
     assert (cfg.retrain.momentum, cfg.retrain.weight_decay) == (0.9, 5e-4)
     assert cfg.rewind.include_buffers
-    for preset in C.PRESETS:
-        stages = C.resolve(preset).stages
+    for preset in PRESETS:
+        stages = overrides.resolve(preset).stages
         assert stages.index("train") < stages.index("rewind") < stages.index("retrain")
 
 
 def test_auto_rewind_epochs_are_0_1_then_every_second_and_the_last():
-    cfg = C.resolve("smoke", overrides=["train.epochs=9"])
+    cfg = overrides.resolve("smoke", overrides=["train.epochs=9"])
     assert cfg.rewind.epochs_for(cfg.train) == [0, 1, 2, 4, 6, 8, 9]
-    cfg = C.resolve("smoke", overrides=["rewind.epochs=3,0"])
+    cfg = overrides.resolve("smoke", overrides=["rewind.epochs=3,0"])
     assert cfg.rewind.epochs_for(cfg.train) == [0, 3]
 
 
@@ -35,5 +37,5 @@ def test_auto_rewind_epochs_are_0_1_then_every_second_and_the_last():
     ("retrain.batch_size=-2", "retrain.batch_size"),
 ])
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(C.ConfigError, match=message):
-        C.resolve("smoke", overrides=[override])
+    with pytest.raises(ConfigError, match=message):
+        overrides.resolve("smoke", overrides=[override])

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from memloc.store import SCHEMA_VERSION, Run, RunError, list_runs
+from memloc import overrides
+from memloc.store import SCHEMA_VERSION, Run, RunError, StaleRunError, list_runs
 
 
 def _new_run(path) -> Run:
@@ -26,7 +27,8 @@ def test_round_trip_of_every_artifact(tmp_path):
         run.write_checkpoint(12, state)
         run.write_labels(np.array([1, 2]), np.array([1, 3]), np.array([False, True]))
         run.write_table("training", table)
-        run.write_state("train", {"m": torch.ones(2)}, {"epoch": "3", "rows": "[]"})
+        run.append_state("train", {"training": table}, {"m": torch.ones(2)}, {"epochs_done": 1})
+        run.append_state("train", {"training": table.iloc[:1]}, {"m": torch.zeros(2)})
         run.update_stage("train", status="complete", seconds=1.5)
     back = run.read_checkpoint(12)
     assert all(torch.equal(back[k], v) for k, v in state.items()) and set(back) == set(state)
@@ -34,14 +36,16 @@ def test_round_trip_of_every_artifact(tmp_path):
     labels = run.read_labels()
     assert labels["train_label"].tolist() == [1, 3] and labels["is_noisy"].dtype == bool
     pd.testing.assert_frame_equal(run.read_table("training"), table)
-    tensors, meta = run.read_state("train")
-    assert meta == {"epoch": "3", "rows": "[]"} and torch.equal(tensors["m"], torch.ones(2))
+    tables, tensors = run.read_state("train")  # the pieces in order, the latest tensors
+    pd.testing.assert_frame_equal(tables["training"], pd.concat([table, table.iloc[:1]], ignore_index=True))
+    assert torch.equal(tensors["m"], torch.zeros(2)) and run.stage("train")["epochs_done"] == 1
+    assert len(list((run.path / "state" / "train" / "tensors").iterdir())) == 1  # the replaced tensors are gone
     assert run.is_complete("train") and run.stage("train")["seconds"] == 1.5
     assert run.manifest()["schema_version"] == SCHEMA_VERSION
     assert [r.name for r in list_runs(tmp_path)] == ["r"]
     with run.lock():
         run.drop_state("train")
-    assert not run.has_state("train") and not (run.path / "state" / "train.safetensors").exists()
+    assert not run.has_state("train") and run.read_state("train") is None and not (run.path / "state").exists()
 
 
 def test_no_temporary_files_are_left(tmp_path):
@@ -117,7 +121,7 @@ def test_corrupt_or_foreign_manifest(tmp_path):
     with pytest.raises(RunError, match="not valid JSON"):
         run.manifest()
     (run.path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(RunError, match="schema version 99"):
+    with pytest.raises(StaleRunError, match="run schema 99"):
         run.manifest()
     with pytest.raises(RunError, match="not a memloc run"):
         Run(tmp_path / "nothing").manifest()
@@ -127,3 +131,25 @@ def test_missing_artifact_names_the_fix(tmp_path):
     run = _new_run(tmp_path / "r")
     with pytest.raises(RunError, match="run precompute again"):
         run.read_table("rewinding")
+
+
+def test_a_run_of_an_older_schema_names_the_command_that_recreates_it(tmp_path):
+    config = overrides.resolve("smoke", overrides=["train.epochs=5"]).to_dict()
+    del config["dropout"]["epochs"]  # as an older memloc would have written it
+    run = _new_run(tmp_path / "old")
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    (run.path / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1, "config": config}))
+    with pytest.raises(StaleRunError) as err:
+        run.manifest()
+    command = f"python -m precompute run --preset smoke --set train.epochs=5 --out {run.path}"
+    assert str(err.value).endswith(f"recreate it with `{command}`") and "run schema 1" in str(err.value)
+
+
+def test_stage_and_table_names_cannot_reach_outside_the_run(tmp_path):
+    run = _new_run(tmp_path / "r")
+    with run.lock():
+        for bad in ("../../victim", "a/b", ""):
+            with pytest.raises(ValueError, match="identifier"):
+                run.append_state(bad, {})
+            with pytest.raises(ValueError, match="identifier"):
+                run.write_table(bad, pd.DataFrame())

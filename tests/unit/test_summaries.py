@@ -1,12 +1,13 @@
-"""The explorer's library side: memorization epochs, samples, and the command for missing stages."""
+"""Summaries of run tables and the live sample: memorization epochs, noisy share, sample ids."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from memloc import config as config_mod
-from memloc.explore import memorized_from, noisy_share, preset_of, sample_ids, stage_command
+from memloc.gradients import noisy_share
+from memloc.live import sample_ids
+from memloc.train import memorized_from
 
 
 def test_memorized_from_is_the_start_of_the_final_run_of_correct_epochs():
@@ -33,14 +34,3 @@ def test_sample_ids_keeps_small_sets_whole_and_samples_large_ones_the_same_way()
     assert sample_ids(5, 10).tolist() == [0, 1, 2, 3, 4]
     a, b = sample_ids(50_000, 5000), sample_ids(50_000, 5000)
     assert len(a) == 5000 and len(set(a.tolist())) == 5000 and np.array_equal(a, b) and np.all(np.diff(a) > 0)
-
-
-def test_stage_command_names_the_preset_or_asks_for_a_new_directory():
-    smoke = config_mod.resolve("smoke").to_dict()
-    assert preset_of(smoke) == "smoke"
-    assert stage_command(smoke, "runs/s") == "python -m precompute run --preset smoke --out runs/s"
-    tweaked = config_mod.resolve("smoke", overrides=["train.epochs=4"]).to_dict()
-    assert preset_of(tweaked) is None
-    assert "--preset/--set/--config it was created with" in stage_command(tweaked, "runs/s")
-    older = {k: v for k, v in smoke.items() if k != "dropout"}  # made before the dropout analysis
-    assert stage_command(older, "runs/s").startswith("python -m precompute run --preset smoke --out runs/s-new")

@@ -1,0 +1,280 @@
+"""Cached access to runs for the explorer's pages: the runs root, the selected run, its
+manifest and tables, its models and the live computations on them.
+
+Caching: tables and manifests are data (`st.cache_data`, keyed by the run directory and its
+manifest's modification time, so a run that precompute is still writing is re-read when it
+changes); opened runs and models are resources keyed the same way. A cached model is shared by
+every session and never changed for good: live interventions run inside `intervene(...)`,
+which restores it, while holding the model's lock so two sessions never edit it at the same
+time. A run whose files are corrupt raises `RunError`; pages show it as an error card and the
+other runs stay usable. File names are the run store's business: this module asks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+from torch import nn
+
+from app.url import decode_interventions, encode_interventions
+from memloc.attribution import attribute, layers_for, methods_for
+from memloc.config import STAGE_TABLES
+from memloc.data import DataError
+from memloc.interventions import Intervention, ZeroUnits, intervene, unit_count
+from memloc.live import live_evaluation
+from memloc.overrides import command_for
+from memloc.runs import OpenRun, open_run
+from memloc.store import MANIFEST, Run, RunError, checkpoints_of, list_runs, runs_root, tables_of
+from models.example_tied_dropout import dropout_mode
+
+#: The models a page can show (`?model=`): the plain variant, or the dropout variant in one of
+#: its evaluation modes (PAPER.md section 5), as (variant, mode) and a label.
+MODEL_CHOICES = {
+    "plain": (("plain", None), "plain model"),
+    "test": (("dropout", "test"), "dropout model, test mode"),
+    "drop": (("dropout", "drop"), "dropout model, drop mode (memorization units off)"),
+}
+#: The stage that writes each table (for the "how to add it" message).
+TABLE_STAGE = {table: stage for stage, tables in STAGE_TABLES.items() for table in tables}
+
+
+# ---------------------------------------------------------------------- runs root and selected run
+def selected_runs_root() -> Path:
+    """`streamlit run app/main.py -- --runs DIR`, else $MEMLOC_RUNS, else ./runs."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runs")
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return runs_root(known.runs)
+
+
+def create_run_command(root: Path) -> str:
+    """The command that creates the demo run where the explorer looks for runs."""
+    return f"python -m precompute run --preset demo --out {root / 'demo'}"
+
+
+def run_names(root: Path) -> list[str]:
+    return [run.name for run in list_runs(root)]
+
+
+def run_in_root(root: Path, name: str) -> Run | None:
+    """The run called `name` directly under `root`; None for names that would leave the root."""
+    candidate = (root / name).resolve()
+    if candidate.parent != root.resolve() or not (candidate / MANIFEST).is_file():
+        return None
+    return Run(candidate)
+
+
+def current_run() -> Run | None:
+    """The run picked in the sidebar (main.py's `run_name` widget), or None when there is none."""
+    name = st.session_state.get("run_name")
+    return run_in_root(selected_runs_root(), name) if name else None
+
+
+def show_run_error(run: Run, error: Exception) -> None:
+    st.error(f"Run **{run.name}** cannot be shown: {error}")
+
+
+def _stamp(run: Run) -> float:
+    return (run.path / MANIFEST).stat().st_mtime
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _manifest(path: str, stamp: float) -> dict:
+    return Run(path).manifest()
+
+
+def manifest(run: Run) -> dict:
+    return _manifest(str(run.path), _stamp(run))
+
+
+def page_run() -> tuple[Run, dict]:
+    """The selected run and its manifest; a corrupt run gets an error card and stops the page."""
+    run = current_run()
+    try:
+        info = manifest(run)
+    except RunError as error:
+        show_run_error(run, error)
+        st.stop()
+    return run, info
+
+
+# ---------------------------------------------------------------------- tables
+@st.cache_data(show_spinner=False, max_entries=64)
+def _table(path: str, name: str, stamp: float) -> pd.DataFrame:
+    return Run(path).read_table(name)
+
+
+def table(run: Run, name: str) -> pd.DataFrame:
+    """A run's table, cached until the run changes."""
+    return _table(str(run.path), name, _stamp(run))
+
+
+def has_table(info: dict, name: str) -> bool:
+    return name in tables_of(info)
+
+
+def require_tables(run: Run, info: dict, *names: str) -> dict[str, pd.DataFrame] | None:
+    """The named tables; if the run lacks one, a note with the command that adds it, and None."""
+    missing = [n for n in names if not has_table(info, n)]
+    if missing:
+        stages = sorted({TABLE_STAGE[n] for n in missing})
+        st.info(
+            f"Run **{run.name}** has no `{'`, `'.join(missing)}` table{'s' if len(missing) > 1 else ''} yet: it was made "
+            f"without the `{'`, `'.join(stages)}` stage. This command adds the missing stages (complete ones are skipped):"
+        )
+        recorded = list(info["config"].get("stages", []))
+        st.code(command_for(info["config"], str(run.path), stages=[*recorded, *[s for s in stages if s not in recorded]]),
+                language="bash")
+        return None
+    try:
+        return {n: table(run, n) for n in names}
+    except RunError as error:
+        show_run_error(run, error)
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _labels(path: str, stamp: float) -> dict[str, np.ndarray]:
+    return Run(path).read_labels()
+
+
+def run_labels(run: Run) -> dict[str, np.ndarray]:
+    """true_label, train_label, is_noisy per training example (cached as data)."""
+    return _labels(str(run.path), _stamp(run))
+
+
+# ---------------------------------------------------------------------- models
+@st.cache_resource(show_spinner="Loading the run's data ...", max_entries=4)
+def _opened(path: str, stamp: float) -> OpenRun:
+    return open_run(Run(path), "cpu")
+
+
+def opened(run: Run) -> OpenRun:
+    """The run's config, data and labels on the CPU (cached as a resource); a run whose data or
+    labels cannot be loaded gets an error card and stops the page."""
+    try:
+        return _opened(str(run.path), _stamp(run))
+    except (RunError, DataError) as error:
+        show_run_error(run, error)
+        st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=16)
+def _model(path: str, stamp: float, epoch: int | None, variant: str) -> tuple[nn.Module, threading.Lock]:
+    model = _opened(path, stamp).model(epoch, variant=variant)
+    for p in model.parameters():  # attributions need input gradients only, never weight gradients
+        p.requires_grad_(False)
+    return model, threading.Lock()
+
+
+@contextmanager
+def model_in_use(run: Run, epoch: int | None = None, variant: str = "plain") -> Iterator[nn.Module]:
+    """The cached model of a variant of `run` at `epoch` (default: last), held for this session alone."""
+    opened(run)  # a run whose data cannot be loaded stops here with its error card
+    try:
+        model, lock = _model(str(run.path), _stamp(run), epoch, variant)
+    except RunError as error:
+        show_run_error(run, error)
+        st.stop()
+    with lock:
+        yield model
+
+
+def layout(run: Run) -> tuple[list[str], dict[str, int]]:
+    """The model's layer groups (input to output) and its unit layers with their unit counts."""
+    with model_in_use(run) as model:
+        modules = dict(model.named_modules())
+        return list(model.layer_groups), {layer: unit_count(modules[layer]) for layer in model.unit_layers}
+
+
+def model_choices(info: dict) -> dict[str, str]:
+    """The models this run offers (`MODEL_CHOICES` keys and labels): the dropout ones once its
+    `dropout` stage wrote that variant."""
+    offered = MODEL_CHOICES if checkpoints_of(info, "dropout") else {"plain": MODEL_CHOICES["plain"]}
+    return {choice: label for choice, (_, label) in offered.items()}
+
+
+@contextmanager
+def chosen_model(run: Run, choice: str = "plain") -> Iterator[nn.Module]:
+    """The final model of a `MODEL_CHOICES` entry, in its mode, held for this session."""
+    (variant, mode), _ = MODEL_CHOICES[choice]
+    with model_in_use(run, variant=variant) as model:
+        if mode is None:
+            yield model
+        else:
+            with dropout_mode(model, mode):
+                yield model
+
+
+# ---------------------------------------------------------------------- live computations
+@st.cache_data(show_spinner=False, max_entries=128)
+def _live(path: str, stamp: float, items: str, example_ids: tuple[int, ...], choice: str) -> tuple[dict, list]:
+    run = Run(path)
+    data = opened(run)
+    with chosen_model(run, choice) as model:
+        result = live_evaluation(model, decode_interventions(items), data.data.train_x, data.labels,
+                                 data.data.test_x, data.data.test_labels, list(example_ids), checkpoint=data.checkpoint)
+    return {**result.metrics, "sampled": result.sampled}, result.probabilities.tolist()
+
+
+def live(run: Run, items: list[Intervention], example_ids: list[int], choice: str = "plain") -> tuple[dict, np.ndarray]:
+    """Accuracies of the run's final model under `items` and the chosen examples' probabilities
+    (N, K), computed with `memloc.live.live_evaluation` and cached by the intervention values."""
+    ids = tuple(int(i) for i in example_ids)
+    metrics, probs = _live(str(run.path), _stamp(run), encode_interventions(items), ids, choice)
+    return metrics, np.asarray(probs, dtype=float).reshape(len(ids), -1)
+
+
+def method_names(run: Run, choice: str = "plain") -> list[str]:
+    """Attribution methods usable on the run's model (`memloc.attribution.methods_for`)."""
+    with chosen_model(run, choice) as model:
+        return methods_for(model)
+
+
+def layer_names(run: Run, choice: str, method: str) -> list[str]:
+    with chosen_model(run, choice) as model:
+        return layers_for(model, method)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _attributions(path: str, stamp: float, choice: str, example: int, method: str, layer: str | None,
+                  targets: tuple[int, ...], units: tuple[str, ...], baseline: str) -> np.ndarray:
+    run = Run(path)
+    data = opened(run)
+    x = data.data.train_x[example : example + 1].expand(len(targets), -1, -1, -1)  # (T, C, H, W): one row per target
+    kwargs = {}
+    if method in ("IntegratedGradients", "GradientShap", "Occlusion", "LayerConductance") and baseline == "blank image":
+        kwargs["baselines"] = torch.full_like(x, float(data.data.train_x.min()))
+    target = torch.as_tensor(targets)
+    with chosen_model(run, choice) as model, intervene(model, [ZeroUnits(units)] if units else []):
+        values = attribute(model, method, x, target, layer=layer, **kwargs)  # (T, C, H, W), (T, units) or (T, 1|units, H', W')
+    values = values.float().cpu().numpy()
+    if values.ndim == 4 and method == "LayerConductance":
+        return values.sum(axis=(2, 3))  # a conv layer's units, positions summed: (T, units)
+    return values if values.ndim == 2 else values.sum(axis=1)  # channels summed: (T, H, W)
+
+
+def attributions(run: Run, choice: str, example: int, method: str, layer: str | None, targets: list[int],
+                 units: tuple[str, ...], baseline: str) -> np.ndarray:
+    """Captum attributions (`memloc.attribution.attribute`) of one training example for each class
+    in `targets` (one batched call), with `units` zeroed: (T, H, W) maps (input pixels with channels
+    summed, or LayerGradCam's map) or LayerConductance per unit (T, units)."""
+    return _attributions(str(run.path), _stamp(run), choice, int(example), method, layer,
+                         tuple(int(t) for t in targets), tuple(units), baseline)
+
+
+__all__ = [
+    "MODEL_CHOICES", "TABLE_STAGE", "selected_runs_root", "create_run_command", "run_names", "run_in_root",
+    "current_run", "show_run_error", "manifest", "page_run", "table", "has_table", "require_tables", "run_labels",
+    "opened", "model_in_use", "layout", "model_choices", "chosen_model", "live", "method_names", "layer_names",
+    "attributions", "RunError",
+]

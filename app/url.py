@@ -1,0 +1,62 @@
+"""The explorer's state in the URL, so a link reopens the same view.
+
+`?run=demo&page=neurons&example=17&intervention=zero:fc1[3],fc2[7]&model=drop`: the run and the
+page (app/main.py), the example, the intervention in a short readable form
+(`rewind:fc1@0+rewind:out@0`, `zero:fc1[3],fc2[7]`) and the model (`app.cache.MODEL_CHOICES`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+
+from memloc.interventions import Intervention, Rewind, ZeroUnits, parse_unit
+
+
+def url_int(param: str, key: str, valid: Callable[[int], bool], default: int) -> None:
+    """Initialize widget state `key` from query parameter `param` (if valid) on first use."""
+    if key in st.session_state:
+        return
+    raw = st.query_params.get(param)
+    try:
+        value = int(raw) if raw is not None else None
+    except ValueError:
+        value = None
+    st.session_state[key] = value if value is not None and valid(value) else default
+
+
+def encode_interventions(items: list[Intervention]) -> str:
+    """A short, readable URL form: `rewind:fc1@0+rewind:fc2@0`, `zero:fc1[3],fc2[7]`."""
+    parts = []
+    for item in items:
+        if isinstance(item, Rewind):
+            parts.append(f"rewind:{item.group}@{item.epoch}" + ("" if item.include_buffers else "!nobuf"))
+        else:
+            parts.append("zero:" + ",".join(item.units))
+    return "+".join(parts)
+
+
+def decode_interventions(text: str | None) -> list[Intervention]:
+    """The inverse of `encode_interventions`; anything malformed gives an empty list."""
+    items: list[Intervention] = []
+    try:
+        for part in (text or "").split("+"):
+            kind, _, rest = part.partition(":")
+            if kind == "rewind":
+                body, _, flag = rest.partition("!")
+                group, _, epoch = body.rpartition("@")
+                items.append(Rewind(group, int(epoch), flag != "nobuf"))
+            elif kind == "zero" and rest:
+                units = tuple(rest.split(","))
+                for unit in units:
+                    parse_unit(unit)
+                items.append(ZeroUnits(units))
+            elif part:
+                return []
+    except ValueError:
+        return []
+    return items
+
+
+__all__ = ["url_int", "encode_interventions", "decode_interventions"]

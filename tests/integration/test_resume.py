@@ -1,0 +1,79 @@
+"""Every stage resumes from its partial Parquet tables to bitwise the same files.
+
+Each stage of the `smoke` run is interrupted (a KeyboardInterrupt, as Ctrl-C) right after it
+saved a piece of its progress, or in the middle of a save (its new files written, the manifest
+not yet switched to them); the same command then resumes it. Every table and checkpoint of the
+resumed run has the sha256 of the uninterrupted run's (`training` without its `seconds`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from memloc import overrides
+from memloc.config import STAGES, STAGE_TABLES
+from memloc.store import Run
+from precompute.stages import execute
+
+#: The save after which each stage is interrupted (each has more saves after it in `smoke`).
+INTERRUPT_AFTER = {"train": 2, "example_gradients": 1, "rewind": 1, "retrain": 2, "flip": 1, "dropout": 2}
+
+
+def _digests(run: Run, tables: tuple[str, ...], variants: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for name in tables:
+        table = run.read_table(name)
+        if name == "training":
+            table = table.drop(columns="seconds")  # wall-clock time per epoch
+        out[name] = hashlib.sha256(table.to_parquet(index=False)).hexdigest()
+    for variant in variants:
+        for epoch in run.checkpoint_epochs(variant):
+            state = run.read_checkpoint(epoch, variant=variant)
+            out[f"{variant}/{epoch}"] = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("when", ["after a save", "during a save"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_interrupted_stage_resumes_to_bitwise_the_same_tables(smoke_run, tmp_path, monkeypatch, stage, when):
+    stages = STAGES[: STAGES.index(stage) + 1] if stage != "dropout" else ("train", "dropout")
+    cfg = overrides.resolve("smoke", overrides=[f"stages={list(stages)!r}".replace("'", '"')])
+    out = tmp_path / "run"
+    real_append, real_update = Run.append_state, Run._update
+    saves = {"n": 0, "saving": False}
+
+    def append_then_interrupt(self, name, *args, **kwargs):
+        if name != stage:
+            return real_append(self, name, *args, **kwargs)
+        saves["n"] += 1
+        saves["saving"] = saves["n"] == INTERRUPT_AFTER[stage] and when == "during a save"
+        real_append(self, name, *args, **kwargs)
+        if saves["n"] == INTERRUPT_AFTER[stage]:
+            raise KeyboardInterrupt
+
+    def update_or_interrupt(self, change):
+        if saves["saving"]:  # the save's files are written; the manifest would switch to them now
+            saves["saving"] = False
+            raise KeyboardInterrupt
+        return real_update(self, change)
+
+    monkeypatch.setattr(Run, "append_state", append_then_interrupt)
+    monkeypatch.setattr(Run, "_update", update_or_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, str(out), torch.device("cpu"), log=lambda _: None)
+    run = Run(out)
+    assert not run.is_complete(stage) and run.has_state(stage) == (when == "after a save" or INTERRUPT_AFTER[stage] > 1)
+
+    monkeypatch.setattr(Run, "append_state", real_append)
+    monkeypatch.setattr(Run, "_update", real_update)
+    messages: list[str] = []
+    execute(cfg, str(out), torch.device("cpu"), log=messages.append)
+    assert "resuming" in messages[0] and run.is_complete(stage) and not run.has_state(stage)
+    assert not (run.path / "state").exists()  # no partial file is left behind
+    tables = tuple(t for s in stages for t in STAGE_TABLES[s] if run.has_table(t))
+    assert set(STAGE_TABLES[stage]) <= set(tables)
+    variants = ("plain", "dropout") if "dropout" in stages else ("plain",)
+    assert _digests(run, tables, variants) == _digests(smoke_run, tables, variants)
