@@ -43,14 +43,14 @@ def legend_pick(field: str) -> alt.Parameter:
 
 
 def heatmap(data: pd.DataFrame, x: str, y: str, value: str, title: str, domain=(0, 1), scheme="viridis",
-            y_sort: list | None = None, tooltip: list | None = None) -> alt.Chart:
+            y_sort: list | None = None, tooltip: list | None = None, legend: str | None = None) -> alt.Chart:
     return (
         alt.Chart(data, title=title)
         .mark_rect()
         .encode(
             x=alt.X(f"{x}:O"),
             y=alt.Y(f"{y}:N", sort=y_sort),
-            color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=list(domain), scheme=scheme)),
+            color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=list(domain), scheme=scheme), title=legend or value),
             tooltip=tooltip or [f"{y}:N", f"{x}:O", alt.Tooltip(f"{value}:Q", format=".3f")],
         )
         # Sizes in steps per cell: a fixed pixel height squashes a discrete axis in Streamlit.

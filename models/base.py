@@ -4,8 +4,9 @@ Every model built by `models.build` declares
 
 - `layer_groups`: ordered (input to output) mapping group name -> module-name prefixes. A
   parameter, buffer or module named `n` belongs to group `g` iff `in_group(n, prefixes of g)`:
-  some prefix `p` has `n == p` or `n.startswith(p + ".")`. The groups partition all parameters and buffers (BatchNorm running
-  statistics included), so rewinding or retraining a group moves a well-defined state.
+  some prefix `p` has `n == p` or `n.startswith(p + ".")`. The groups partition all parameters
+  and buffers (BatchNorm running statistics included), so rewinding or retraining a group
+  moves a well-defined state.
 - `unit_layers`: paths of the `nn.Conv2d` / `nn.Linear` modules whose output channels / output
   neurons are *units* that analyses may zero; the final classifier is never one of them.
 - `arch` and `options`: the model name and its resolved, JSON-serializable options, so that

@@ -38,11 +38,11 @@ pick = legend_pick("mode")
 chart = (
     alt.Chart(long, title="Accuracy of the plain model and of the dropout model in each mode")
     .mark_bar()
-    .encode(x=alt.X("population:N", title=None, sort=list(POPULATIONS.values()), axis=alt.Axis(labelAngle=0)),
+    .encode(x=alt.X("population:N", title=None, sort=list(POPULATIONS.values()), axis=alt.Axis(labelAngle=0, labelLimit=0)),
             xOffset=alt.XOffset("mode:N", sort=list(MODES.values())),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("mode:N", title=None, sort=list(MODES.values()),
-                            legend=alt.Legend(orient="bottom")),
+                            legend=alt.Legend(orient="bottom", labelLimit=0)),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
             tooltip=["mode:N", "population:N", alt.Tooltip("accuracy:Q", format=".3f")])
     .add_params(pick)

@@ -59,7 +59,7 @@ with left:
     show_chart(heatmap(grads, "epoch", "group", "cosine", "Cosine(clean, noisy gradient)", domain=(-1, 1),
                        scheme="redblue", y_sort=order), grads[["epoch", "group", "cosine"]], "gradient_cosine", run)
 with right:
-    show_chart(heatmap(grads, "epoch", "group", "noisy_share", "Noisy share of the gradient norm",
+    show_chart(heatmap(grads, "epoch", "group", "noisy_share", "Noisy share of the gradient norm", legend="noisy share",
                        y_sort=order), grads[["epoch", "group", "clean_norm", "noisy_norm", "noisy_share"]],
                "noisy_share", run)
 st.caption("Cosine below 0 (red): the noisy examples pull the weights against the clean ones. "

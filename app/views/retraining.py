@@ -5,7 +5,7 @@ import streamlit as st
 
 from app.cache import page_run, require_tables
 from app.charts import legend_pick, populations_long, show_chart
-from memloc.evaluate import POPULATIONS
+from memloc.evaluate import POPULATIONS, accuracy_column
 
 run, info = page_run()
 st.title("Retraining")
@@ -50,8 +50,9 @@ def curves_panel():
     )
     show_chart(chart, shown, "retraining", run)
     last = shown.sort_values("epoch").groupby("group").tail(1).set_index("group").reindex(groups)
-    st.dataframe(last[["epoch", "clean_acc", "noisy_acc", "test_acc"]].rename(columns={"epoch": "last epoch"}),
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ["clean_acc", "noisy_acc", "test_acc"]})
+    columns = {"epoch": "last epoch", **{accuracy_column(p): POPULATIONS[p] for p in shown_populations}}
+    st.dataframe(last[list(columns)].rename(columns=columns),
+                 column_config={POPULATIONS[p]: st.column_config.NumberColumn(format="%.3f") for p in shown_populations})
 
 
 def _palette(n: int) -> list[str]:

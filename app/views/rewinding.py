@@ -33,7 +33,7 @@ if tables is not None:
     for col, population in zip(cols, ("clean", "noisy", "test")):
         value, title = accuracy_column(population), f"Accuracy: {POPULATIONS[population]}"
         with col:
-            show_chart(heatmap(rw, "epoch", "group", value, title, y_sort=order, tooltip=tip),
+            show_chart(heatmap(rw, "epoch", "group", value, title, y_sort=order, tooltip=tip, legend="accuracy"),
                        rw, f"rewinding_{value}", run)
     st.caption("x: the epoch the group is rewound to; y: the rewound group, input (top) to output.")
 
