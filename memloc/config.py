@@ -129,4 +129,4 @@ SECTIONS: dict[str, type] = {
     "flip": FlipSettings, "dropout": DropoutSettings, "rewind": RewindSettings, "retrain": RetrainSettings,
 }
 
-__all__ = ["ConfigError", "ModelSettings", "STAGES", "STAGE_TABLES", "RunConfig", "SECTIONS"]
+__all__ = ["ModelSettings", "STAGES", "STAGE_TABLES", "RunConfig", "SECTIONS"]

@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -317,8 +318,10 @@ class Run:
         return f"state/{_name('stage', stage)}/"
 
     def _state_files(self, manifest: dict[str, Any], stage: str) -> list[str]:
-        prefix = self._state_prefix(stage)
-        return sorted(rel for rel in manifest["files"] if rel.startswith(prefix))
+        """The stage's state files the manifest lists, sorted (so pieces in order). Only names of
+        the store's own form count, so an edited manifest cannot point the store elsewhere."""
+        own = re.compile(re.escape(self._state_prefix(stage)) + r"[A-Za-z_]\w*/\d{6}\.(parquet|safetensors)")
+        return sorted(rel for rel in manifest["files"] if own.fullmatch(rel))
 
     def append_state(self, stage: str, rows: dict[str, pd.DataFrame], tensors: dict[str, torch.Tensor] | None = None,
                      progress: dict[str, Any] | None = None) -> None:
@@ -334,6 +337,8 @@ class Run:
         prefix = self._state_prefix(stage)
         old = self._state_files(self.manifest(), stage)
         piece = 1 + max((int(rel.rsplit("/", 1)[1].split(".")[0]) for rel in old), default=0)
+        if _TENSORS in rows:
+            raise ValueError(f"{_TENSORS!r} is the name of a state's tensors, not of a table")
         files = {f"{prefix}{_name('table', name)}/{piece:06d}.parquet": _table_bytes(df) for name, df in rows.items()}
         if tensors is not None:
             files[f"{prefix}{_TENSORS}/{piece:06d}.safetensors"] = self._tensor_bytes(tensors)
@@ -350,7 +355,7 @@ class Run:
             m["stages"].setdefault(stage, {}).update(progress or {})
 
         self._update(switch)
-        for rel in replaced:  # a name made here from the stage and piece, not read from elsewhere
+        for rel in replaced:  # names of the store's own form (`_state_files`), inside the run
             (self.path / rel).unlink(missing_ok=True)
 
     def read_state(self, stage: str, device: str | torch.device = "cpu") -> StageState | None:

@@ -153,3 +153,20 @@ def test_stage_and_table_names_cannot_reach_outside_the_run(tmp_path):
                 run.append_state(bad, {})
             with pytest.raises(ValueError, match="identifier"):
                 run.write_table(bad, pd.DataFrame())
+
+
+def test_an_edited_manifest_cannot_make_the_state_touch_files_outside_the_run(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    run = _new_run(tmp_path / "runs" / "r")
+    with run.lock():
+        run.append_state("train", {"training": pd.DataFrame({"epoch": [1]})}, {"m": torch.ones(1)})
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    for rel in ("state/train/tensors/../../../../victim.txt", "state/train/tensors/000000.safetensors/../../../../../victim.txt"):
+        manifest["files"][rel] = {"sha256": "0" * 64, "bytes": 7}
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    with run.lock():
+        run.append_state("train", {"training": pd.DataFrame({"epoch": [2]})}, {"m": torch.zeros(1)})
+        assert run.read_state("train").tables["training"]["epoch"].tolist() == [1, 2]
+        run.drop_state("train")
+    assert victim.read_text() == "keep me"
