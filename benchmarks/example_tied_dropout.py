@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from memloc.train import TrainSettings  # noqa: E402
 from memloc.data import DataError, apply_label_noise, load, subsample  # noqa: E402
-from memloc.train import make_optimizer, train_epoch  # noqa: E402
+from memloc.train import TrainSettings, make_optimizer, train_epoch  # noqa: E402
 from models.example_tied_dropout import dropout_layers, mask_table  # noqa: E402
 
 

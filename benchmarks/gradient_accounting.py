@@ -7,7 +7,7 @@ In one process, on the same model and data:
    `memloc.gradients_reference.ReferenceAccounting` (three backward passes per batch, host
    copies). Each repeat starts all three from the same initial model and runs them in turn, so
    a busy machine slows all of them alike; the script prints medians and the ratios
-   fast / plain and naive / fast. It also prints fast / plain for a whole `train_run` epoch,
+   fast / plain and naive / fast. It also prints fast / plain for a whole training epoch,
    i.e. including the evaluation pass over the training and test examples that follows every
    training epoch there.
 2. Per-example norms: `memloc.example_gradients.example_gradient_norms` against the per-example
@@ -33,17 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from memloc.train import TrainSettings  # noqa: E402
 from memloc import overrides  # noqa: E402
-from memloc.data import DataError, apply_label_noise, load, subsample  # noqa: E402
-from memloc.data import Labels  # noqa: E402
+from memloc.data import DataError, Labels, apply_label_noise, load, load_data, make_labels, subsample  # noqa: E402
 from memloc.evaluate import evaluate  # noqa: E402
 from memloc.example_gradients import example_gradient_norms  # noqa: E402
 from memloc.gradients import GradientAccounting  # noqa: E402
 from memloc.gradients_reference import ReferenceAccounting, reference_example_norms  # noqa: E402
-from memloc.data import load_data, make_labels  # noqa: E402
 from memloc.runs import build_model  # noqa: E402
-from memloc.train import make_optimizer, mean_backward, train_epoch  # noqa: E402
+from memloc.train import TrainSettings, make_optimizer, mean_backward, train_epoch  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -35,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from memloc.settings import ConfigError  # noqa: E402
-from memloc import overrides  # noqa: E402
 from memloc import data as data_mod  # noqa: E402
+from memloc import overrides  # noqa: E402
+from memloc.data import load_data, make_labels  # noqa: E402
 from memloc.interventions import Rewind  # noqa: E402
 from memloc.retraining import RetrainData, retrain_group, retrain_reference  # noqa: E402
 from memloc.rewinding import RewindEvaluator, evaluate_rewind, rewind_reference  # noqa: E402
-from memloc.data import load_data, make_labels  # noqa: E402
 from memloc.runs import build_model, open_run  # noqa: E402
+from memloc.settings import ConfigError  # noqa: E402
 from memloc.store import Run, RunError  # noqa: E402
 
 

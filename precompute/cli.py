@@ -19,9 +19,9 @@ import sys
 import torch
 
 from memloc import overrides
+from memloc.data import DataError
 from memloc.presets import DEFAULT_PRESET, PRESETS
 from memloc.settings import ConfigError
-from memloc.data import DataError
 from memloc.store import Run, RunError, list_runs, runs_root
 
 EXIT_USAGE = 2

@@ -23,9 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memloc.evaluate import ACCURACIES, evaluate
-from memloc.train import (EXAMPLE_COLUMNS, TrainSettings, example_rows, make_optimizer, mean_backward, momentum_state,
-                          restore_momentum, train_epoch)
 from memloc.runs import build_model
+from memloc.train import (EXAMPLE_COLUMNS, TrainSettings, example_rows, make_optimizer, mean_backward,
+                          momentum_state, restore_momentum, train_epoch)
 from precompute.gradients import TABLE as ACCOUNTING_TABLE
 from precompute.gradients import TrainAccounting
 from precompute.stage import Resumable, StageContext, concat

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.cache import model_choices, opened, page_run, require_tables, run_labels
+from app.cache import opened, page_run, require_tables, run_labels
 from app.charts import class_name, image_of, legend_pick, populations_long, show_chart
 from memloc.evaluate import POPULATIONS
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import memloc.dropout
-import memloc.train
-from memloc.settings import ConfigError
 from memloc import overrides
 from memloc.evaluate import population_metrics
 from memloc.runs import open_run
-from memloc.store import Run, RunError
+from memloc.settings import ConfigError
+from memloc.store import RunError
 from models.example_tied_dropout import set_mode
 from precompute.stages import execute
 

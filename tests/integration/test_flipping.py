@@ -10,15 +10,14 @@ import pytest
 import torch
 
 import models
-from memloc.settings import ConfigError
-from memloc import overrides
-from memloc import flipping
-from memloc.evaluate import predict
+from memloc import flipping, overrides
 from memloc.data import load_data, make_labels
+from memloc.evaluate import predict
 from memloc.flipping import FlipSettings, flip_examples
 from memloc.flipping_reference import reference_flip
 from memloc.interventions import UnitIndex, ZeroUnits, intervene, parse_unit, unit_masks
 from memloc.runs import open_run
+from memloc.settings import ConfigError
 from memloc.store import RunError
 from precompute.flip import flip_stage
 from precompute.stage import StageContext

@@ -11,19 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-import memloc.train
 import models
 import precompute.example_gradients
-from memloc.settings import ConfigError
 from memloc import overrides
-from memloc.train import TrainSettings
-from memloc.data import load, subsample
-from memloc.data import Labels
+from memloc.data import Labels, load, subsample
 from memloc.example_gradients import example_gradient_norms
 from memloc.gradients import GradientAccounting, finish_values, group_table, tensor_table
 from memloc.gradients_reference import ReferenceAccounting, reference_example_norms, reference_group_values
-from memloc.store import Run
-from memloc.train import make_optimizer, mean_backward, train_epoch
+from memloc.settings import ConfigError
+from memloc.train import TrainSettings, make_optimizer, mean_backward, train_epoch
 from precompute.stages import execute
 
 

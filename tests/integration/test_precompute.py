@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import memloc.train
 from memloc import overrides
-from memloc.store import Run
 from precompute.stages import execute
 
 ROOT = Path(__file__).resolve().parents[2]

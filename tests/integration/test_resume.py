@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from memloc import overrides
-from memloc.config import STAGES, STAGE_TABLES
+from memloc.config import STAGE_TABLES, STAGES
 from memloc.store import Run
 from precompute.stages import execute
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 import models
-from memloc.retraining import RetrainSettings
 from memloc import overrides
 from memloc.data import Labels
 from memloc.interventions import group_state_names
-from memloc.retraining import COLUMNS, RetrainData, retrain_group, retrain_reference, retrained
+from memloc.retraining import COLUMNS, RetrainData, RetrainSettings, retrain_group, retrain_reference, retrained
 from memloc.runs import open_run
 
 SHORT = RetrainSettings(max_epochs=3, peak_epoch=1.0)

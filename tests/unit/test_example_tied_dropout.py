@@ -157,10 +157,9 @@ def test_the_mask_table_gives_the_hash_masks_and_holds_n_times_c_bits():
 def test_training_with_bit_tables_equals_training_with_the_hash():
     """An epoch of `train_epoch` (which reads the mask table) gives bitwise the weights of the
     same epoch written out with the hash's masks."""
-    from memloc.train import TrainSettings
     from memloc.data import Dataset
     from memloc.schedule import one_cycle_lr
-    from memloc.train import epoch_generator, make_optimizer, train_epoch
+    from memloc.train import TrainSettings, epoch_generator, make_optimizer, train_epoch
 
     torch.manual_seed(0)
     model = models.build("mlp", (1, 4, 4), 3, hidden=[16, 16], example_tied_dropout={"p_mem": 0.3})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from memloc.settings import ConfigError
-from memloc.presets import PRESETS
 from memloc import overrides
+from memloc.presets import PRESETS
+from memloc.settings import ConfigError
 
 
 def test_defaults_follow_the_paper_and_every_preset_runs_both_stages():
