@@ -33,7 +33,9 @@ from memloc.interventions import Intervention, ZeroUnits, intervene, unit_count
 from memloc.live import live_evaluation
 from memloc.overrides import command_for
 from memloc.runs import OpenRun, open_run
-from memloc.store import MANIFEST, Run, RunError, checkpoints_of, list_runs, runs_root, tables_of
+from memloc.store import (MANIFEST, SWEEP, Run, RunError, Sweep, checkpoints_of, list_runs, list_sweeps, runs_root,
+                          tables_of)
+from memloc.summary import key_numbers
 from models.example_tied_dropout import dropout_mode
 
 #: The models a page can show (`?model=`): the plain variant, or the dropout variant in one of
@@ -62,15 +64,71 @@ def create_run_command(root: Path) -> str:
 
 
 def run_names(root: Path) -> list[str]:
-    return [run.name for run in list_runs(root)]
+    """The runs under `root` by name: its run directories, then each sweep's points as `sweep/point`."""
+    names = [run.name for run in list_runs(root)]
+    for target in list_sweeps(root):
+        try:
+            names += [f"{target.name}/{run.name}" for run in target.runs()]
+        except RunError:  # a damaged sweep record: the Compare page says why
+            continue
+    return names
 
 
 def run_in_root(root: Path, name: str) -> Run | None:
-    """The run called `name` directly under `root`; None for names that would leave the root."""
+    """The run called `name` under `root` (`run` or `sweep/point`); None for names that would
+    leave the root or do not name a run there."""
+    base = root.resolve()
     candidate = (root / name).resolve()
-    if candidate.parent != root.resolve() or not (candidate / MANIFEST).is_file():
+    inside_sweep = candidate.parent.parent == base and (candidate.parent / SWEEP).is_file()
+    if not (candidate.parent == base or inside_sweep) or not (candidate / MANIFEST).is_file():
         return None
     return Run(candidate)
+
+
+def sweep_names(root: Path) -> list[str]:
+    return [target.name for target in list_sweeps(root)]
+
+
+def sweep_in_root(root: Path, name: str) -> Sweep | None:
+    """The sweep called `name` directly under `root`; None for names that would leave the root."""
+    candidate = (root / name).resolve()
+    if candidate.parent != root.resolve() or not (candidate / SWEEP).is_file():
+        return None
+    return Sweep(candidate)
+
+
+def _sweep_stamp(target: Sweep) -> float:
+    return (target.path / SWEEP).stat().st_mtime
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _sweep_record(path: str, stamp: float) -> dict:
+    return Sweep(path).record()
+
+
+def sweep_record(target: Sweep) -> dict:
+    """The sweep's record (`sweep.json`), cached until it changes."""
+    return _sweep_record(str(target.path), _sweep_stamp(target))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _sweep_summary(path: str, stamp: float) -> pd.DataFrame:
+    return Sweep(path).read_summary()
+
+
+def sweep_summary(target: Sweep) -> pd.DataFrame:
+    """The sweep's `summary.parquet` (RunError when it has none or it is damaged)."""
+    return _sweep_summary(str(target.path), _sweep_stamp(target))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _numbers(path: str, stamp: float) -> dict[str, float]:
+    return key_numbers(Run(path))
+
+
+def run_numbers(run: Run) -> dict[str, float]:
+    """The run's key numbers (`memloc.summary.key_numbers`), cached until the run changes."""
+    return _numbers(str(run.path), _stamp(run))
 
 
 def current_run() -> Run | None:
@@ -274,6 +332,7 @@ def attributions(run: Run, choice: str, example: int, method: str, layer: str | 
 
 __all__ = [
     "MODEL_CHOICES", "TABLE_STAGE", "selected_runs_root", "create_run_command", "run_names", "run_in_root",
+    "sweep_names", "sweep_in_root", "sweep_record", "sweep_summary", "run_numbers",
     "current_run", "show_run_error", "manifest", "page_run", "table", "has_table", "require_tables", "run_labels",
     "opened", "model_in_use", "layout", "model_choices", "chosen_model", "live", "method_names", "layer_names",
     "attributions", "RunError",

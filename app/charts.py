@@ -25,15 +25,16 @@ def _svg(spec: str) -> str:
     return vl_convert.vegalite_to_svg(spec)
 
 
-def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, run: Run) -> None:
-    """An Altair chart with downloads of its data (CSV) and of the figure (SVG); both files are
-    made only when clicked, so a rerun does not pay for them."""
+def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, run: Run | str) -> None:
+    """An Altair chart with downloads of its data (CSV) and of the figure (SVG), named after the
+    run (or sweep) and `name`; both files are made only when clicked, so a rerun does not pay."""
+    prefix = run if isinstance(run, str) else run.name
     st.altair_chart(chart, width="stretch")
     row = st.container(horizontal=True)
-    row.download_button("Data (CSV)", lambda: data.to_csv(index=False), file_name=f"{run.name}_{name}.csv",
+    row.download_button("Data (CSV)", lambda: data.to_csv(index=False), file_name=f"{prefix}_{name}.csv",
                         mime="text/csv", key=f"csv_{name}", on_click="ignore")
     spec = chart.to_json()
-    row.download_button("Figure (SVG)", lambda: _svg(spec), file_name=f"{run.name}_{name}.svg",
+    row.download_button("Figure (SVG)", lambda: _svg(spec), file_name=f"{prefix}_{name}.svg",
                         mime="image/svg+xml", key=f"svg_{name}", on_click="ignore")
 
 

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 import streamlit as st  # noqa: E402
 
 from app.cache import create_run_command, run_names, selected_runs_root  # noqa: E402
+from memloc.store import RunError, list_sweeps  # noqa: E402
 
 st.set_page_config(page_title="memloc", layout="wide")
 
@@ -36,8 +37,16 @@ if not names:
 if st.session_state.get("run_name") not in names:  # first visit: take the run from the URL
     wanted = st.query_params.get("run")
     st.session_state["run_name"] = wanted if wanted in names else names[0]
-name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}")
+name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}; a sweep's points as sweep/point")
 st.query_params["run"] = name
+for target in list_sweeps(root):  # each sweep with how far its points are
+    try:
+        counts = target.status_counts()
+    except RunError:
+        st.sidebar.caption(f"sweep **{target.name}**: unreadable record (the Compare page says why)")
+        continue
+    st.sidebar.caption(f"sweep **{target.name}**: {sum(counts.values())} points, "
+                       + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
 
 pages = [
     st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
@@ -48,6 +57,7 @@ pages = [
     st.Page("views/examples.py", title="Examples", url_path="examples"),
     st.Page("views/example.py", title="One example", url_path="example"),
     st.Page("views/dropout.py", title="Example-tied dropout", url_path="dropout"),
+    st.Page("views/compare.py", title="Compare runs", url_path="compare"),
 ]
 page = st.navigation(pages)
 # `?page=NAME` reopens a page from a shared link (once per session; later the navigation rules).

@@ -26,6 +26,14 @@ def url_int(param: str, key: str, valid: Callable[[int], bool], default: int) ->
     st.session_state[key] = value if value is not None and valid(value) else default
 
 
+def url_choice(param: str, key: str, options: list, default) -> None:
+    """Initialize widget state `key` from query parameter `param` (if one of `options`) on first use."""
+    if key in st.session_state:
+        return
+    raw = st.query_params.get(param)
+    st.session_state[key] = raw if raw in options else default
+
+
 def encode_interventions(items: list[Intervention]) -> str:
     """A short, readable URL form: `rewind:fc1@0+rewind:fc2@0`, `zero:fc1[3],fc2[7]`."""
     parts = []
@@ -59,4 +67,4 @@ def decode_interventions(text: str | None) -> list[Intervention]:
     return items
 
 
-__all__ = ["url_int", "encode_interventions", "decode_interventions"]
+__all__ = ["url_int", "url_choice", "encode_interventions", "decode_interventions"]

@@ -83,6 +83,12 @@ class RunConfig:
         check(not late, "gradients.example_epochs", f"epochs in 0..train.epochs={epochs}", list(self.gradients.example_epochs))
         late = [e for e in self.rewind.epochs if e > epochs]
         check(not late, "rewind.epochs", f"epochs in 0..train.epochs={epochs}", list(self.rewind.epochs))
+        kept = set(self.train.kept_epochs())
+        for stage, key, wanted in (("rewind", "rewind.epochs", self.rewind.epochs),
+                                   ("example_gradients", "gradients.example_epochs", self.gradients.example_epochs)):
+            lost = sorted(set(wanted) - kept) if stage in self.stages else []
+            check(not lost, key, f"kept checkpoints; train.keep_epochs={self.train.keep_epochs!r} does not keep {lost}",
+                  list(wanted))
         self._check_models()
 
     def _check_models(self) -> None:

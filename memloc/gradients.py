@@ -69,9 +69,13 @@ class GradientsSettings:
         check(self.chunk_size >= 1, "chunk_size", "an integer >= 1", self.chunk_size)
 
     def epochs_for(self, train: TrainSettings) -> list[int]:
-        """The checkpoints of the per-example gradient norms, sorted, each once."""
+        """The checkpoints of the per-example gradient norms, sorted, each once (auto: the epoch
+        where the lr peaks, the middle and the last, each the nearest checkpoint kept)."""
+        if self.example_epochs:
+            return sorted(set(self.example_epochs))
+        kept = train.kept_epochs()
         auto = (round(train.peak_epoch), (train.epochs + 1) // 2, train.epochs)
-        return sorted(set(self.example_epochs or auto))
+        return sorted({min(kept, key=lambda k: (abs(k - e), k)) for e in auto})
 
 #: Layer types that process each example on its own in train mode (no batch statistics, no
 #: random masks). A model whose every leaf module is one of these (and whose own forward code

@@ -144,6 +144,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
         value = float(value)
     elif kind is str:
+        if isinstance(value, int) and not isinstance(value, bool):  # `--set train.keep_epochs=10` is text
+            value = str(value)
         check(isinstance(value, str), key, "a string", value)
     elif kind is tuple:
         if isinstance(value, str):  # `--set rewind.epochs=0,5`: each item read like a value

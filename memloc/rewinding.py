@@ -58,9 +58,12 @@ class RewindSettings:
         check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
 
     def epochs_for(self, train: TrainSettings) -> list[int]:
-        """The rewind epochs, sorted, each once (auto: 0, 1, 2, 4, 6, ... and the last)."""
-        auto = {0, 1, *range(2, train.epochs, 2), train.epochs}
-        return sorted(set(self.epochs) if self.epochs else auto)
+        """The rewind epochs, sorted, each once (auto: 0, 1, 2, 4, 6, ... and the last, of the
+        checkpoints `train.keep_epochs` keeps)."""
+        if self.epochs:
+            return sorted(set(self.epochs))
+        kept = set(train.kept_epochs())
+        return sorted(kept & {0, 1, *range(2, train.epochs, 2), train.epochs})
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ fingerprint), applies the recorded labels, and builds either of the run's models
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,6 +32,19 @@ def build_model(cfg: RunConfig, ds: data_mod.Dataset, variant: str = "plain") ->
     dropout variant adds no parameters, so it starts from the same weights as the plain one)."""
     torch.manual_seed(cfg.train.seed)
     return models.build(cfg.model.name, ds.input_shape, ds.num_classes, **cfg.model_options(variant))
+
+
+def checkpoint_disk(cfg: RunConfig) -> dict[str, tuple[int, int]]:
+    """What a run's checkpoints take on disk, per variant it trains: (how many are kept, bytes
+    of one), from the model built once on the CPU (the tables come on top, usually far less)."""
+    out = {}
+    variants = ["plain", *(["dropout"] if "dropout" in cfg.stages else [])]
+    for variant in variants:
+        model = models.build(cfg.model.name, data_mod.INPUT_SHAPES[cfg.data.name], 10, **cfg.model_options(variant))
+        size = sum(math.prod(t.shape) * t.element_size() for t in model.state_dict().values())
+        epochs = cfg.train.epochs if variant == "plain" else cfg.dropout.train_settings(cfg.train).epochs
+        out[variant] = (len(cfg.train.kept_epochs(epochs)), size)
+    return out
 
 
 @dataclass
@@ -70,10 +84,21 @@ class OpenRun:
                            f"run `python -m precompute run --out {self.run.path}`")
         epoch = epochs[-1] if epoch is None else epoch
         if epoch not in epochs:
-            raise RunError(f"run {self.run.name} has no checkpoint for epoch {epoch} (it has {epochs[0]}..{epochs[-1]})")
+            raise RunError(f"run {self.run.name} has no checkpoint for epoch {epoch} (it keeps {_ranges(epochs)}; "
+                           "train.keep_epochs says which are kept)")
         model = models.build(self.config.model.name, self.data.input_shape, self.data.num_classes, **options)
         model.load_state_dict(self.run.read_checkpoint(epoch, "cpu", variant))
         return model.to(self.device).eval()
+
+
+def _ranges(epochs: list[int]) -> str:
+    """[0, 1, 2, 5, 10, 15] -> "0-2, 5, 10, 15"."""
+    parts, start = [], epochs[0]
+    for prev, e in zip(epochs, [*epochs[1:], None]):
+        if e is None or e != prev + 1:
+            parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = e
+    return ", ".join(parts)
 
 
 def open_run(run: Run | str | os.PathLike, device: str | torch.device = "cpu") -> OpenRun:

@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,8 @@ SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 LABELS = "labels.npz"
 LOCK = ".lock"
+SWEEP = "sweep.json"
+SUMMARY = "summary.parquet"
 #: The models of a run: `plain` (stage train) and `dropout` (stage dropout).
 VARIANTS = ("plain", "dropout")
 _CHECKPOINTS = {"plain": "checkpoints/epoch_", "dropout": "checkpoints/dropout/epoch_"}
@@ -115,6 +117,29 @@ def _name(kind: str, name: str) -> str:
     if not name.isidentifier():
         raise ValueError(f"{kind} name must be an identifier, got {name!r}")
     return name
+
+
+@contextlib.contextmanager
+def _flock(directory: Path, holder_kind: str, wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the lock file of `directory` (created if needed); it records the holder's pid and
+    is released when the process ends, however it ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            message = f"{directory} is in use by another {holder_kind} (pid {holder})"
+            if wait is None:
+                raise RunError(f"{message}; wait for it to finish or choose another --out") from None
+            wait(f"{message}; waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _table_bytes(df: pd.DataFrame) -> bytes:
@@ -206,8 +231,10 @@ class Run:
         self._write_manifest(manifest)
 
     def update_config(self, config: dict[str, Any]) -> None:
-        """Replace the recorded config (a resumed run may run other stages)."""
-        self._update(lambda m: m.__setitem__("config", config))
+        """Replace the recorded config (a resumed run may run other stages); a run whose config
+        is already that one is not written."""
+        if self.manifest()["config"] != config:
+            self._update(lambda m: m.__setitem__("config", config))
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
@@ -221,26 +248,16 @@ class Run:
 
     # ------------------------------------------------------------------ lock
     @contextlib.contextmanager
-    def lock(self) -> Iterator["Run"]:
-        """Hold the run's write lock; a second process gets a clear error instead of waiting."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise RunError(
-                    f"{self.path} is in use by another precompute process (pid {holder}); "
-                    "wait for it to finish or choose another --out"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+    def lock(self, wait: Callable[[str], None] | None = None) -> Iterator["Run"]:
+        """Hold the run's write lock. A second process gets a clear error, or with `wait` (called
+        with a message once) waits until the holder is done: a sweep point that a worker of an
+        interrupted sweep is still computing."""
+        with _flock(self.path, "precompute process", wait):
             self._locked = True
-            yield self
-        finally:
-            self._locked = False
-            os.close(fd)  # closing the descriptor releases the flock
+            try:
+                yield self
+            finally:
+                self._locked = False
 
     def _require_lock(self) -> None:
         if not self._locked:
@@ -311,6 +328,19 @@ class Run:
 
     def checkpoint_epochs(self, variant: str = "plain") -> list[int]:
         return checkpoints_of(self.manifest(), variant)
+
+    def drop_checkpoints(self, epochs: list[int], variant: str = "plain") -> None:
+        """Delete these checkpoints (a checkpoint policy): forgotten by the manifest first, so an
+        interruption leaves at worst a file the manifest no longer lists."""
+        rels = [self._checkpoint_rel(epoch, variant) for epoch in epochs]
+
+        def forget(m: dict[str, Any]) -> None:
+            for rel in rels:
+                m["files"].pop(rel, None)
+
+        self._update(forget)
+        for rel in rels:
+            (self.path / rel).unlink(missing_ok=True)
 
     # resume state ------------------------------------------------------------
     @staticmethod
@@ -421,8 +451,133 @@ class Run:
         return tables_of(self.manifest())
 
 
+class Sweep:
+    """One sweep directory: a run directory per point, the record of the points, their logs and
+    the summary over them.
+
+    ```
+    runs/<sweep>/
+      sweep.json                 the grid and, per point, its overrides, status, timing, log, error
+      <point>/                   an ordinary run directory per point (`noise_frac=0.2,seed=1`)
+      logs/<point>.log           everything the point printed, its traceback if it failed
+      summary.parquet            key numbers per point and per setting (`memloc.summary`)
+    ```
+
+    Only the sweep's driver writes `sweep.json` and the summary (inside `with sweep.lock():`);
+    the points' runs are written by the workers, each under its own run lock.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._locked = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return (self.path / SWEEP).is_file()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["Sweep"]:
+        """Hold the sweep's lock; a second sweep on the same directory gets a clear error."""
+        with _flock(self.path, "sweep"):
+            self._locked = True
+            try:
+                yield self
+            finally:
+                self._locked = False
+
+    def record(self) -> dict[str, Any]:
+        """The sweep's record (`sweep.json`), checked for its schema version."""
+        file = self.path / SWEEP
+        if not file.is_file():
+            raise RunError(f"{self.path} is not a memloc sweep (no {SWEEP}); make one with `python -m precompute sweep`")
+        try:
+            record = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{file} is not valid JSON (truncated or edited); run the sweep again into a new --out") from None
+        if not isinstance(record, dict) or not isinstance(record.get("points"), dict):
+            raise RunError(f"{file} is not a memloc sweep record; run the sweep again into a new --out")
+        if record.get("schema_version") != SCHEMA_VERSION:
+            raise RunError(f"{self.path} was written by another memloc (sweep schema {record.get('schema_version')!r}; "
+                           f"this memloc reads {SCHEMA_VERSION}); run the sweep again into a new --out")
+        return record
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        if not self._locked:
+            raise RuntimeError("writing a sweep requires `with sweep.lock():`")
+        _atomic_write(self.path / SWEEP, json.dumps({**record, "schema_version": SCHEMA_VERSION}, indent=2).encode())
+
+    def run(self, point: str) -> Run:
+        """The run directory of `point` (a key of the record's points)."""
+        return Run(self.path / _point_name(point))
+
+    def log_file(self, point: str) -> Path:
+        return self.path / "logs" / f"{_point_name(point)}.log"
+
+    def log_rel(self, point: str) -> str:
+        return self.log_file(point).relative_to(self.path).as_posix()
+
+    def write_summary(self, table: pd.DataFrame) -> None:
+        """Write `summary.parquet` and record its sha256 in the record."""
+        data = _table_bytes(table)
+        _atomic_write(self.path / SUMMARY, data)
+        record = self.record()
+        record["summary"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        self.write_record(record)
+
+    def has_summary(self) -> bool:
+        return "summary" in self.record() and (self.path / SUMMARY).is_file()
+
+    def read_summary(self) -> pd.DataFrame:
+        """The summary, verified against the sha256 in the record."""
+        file, recorded = self.path / SUMMARY, self.record().get("summary")
+        if recorded is None or not file.is_file():
+            raise RunError(f"sweep {self.name} has no summary yet; make it with `python -m precompute summarize {self.path}`")
+        data = file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != recorded["sha256"]:
+            raise RunError(f"{file} does not match the checksum in {SWEEP} (truncated, tampered or replaced); "
+                           f"make it again with `python -m precompute summarize {self.path}`")
+        try:
+            return pd.read_parquet(io.BytesIO(data))
+        except (OSError, ValueError) as e:
+            raise RunError(f"{file} is not a valid Parquet table ({e}); "
+                           f"make it again with `python -m precompute summarize {self.path}`") from None
+
+    def runs(self) -> list[Run]:
+        """The run directories of the sweep's points that exist, in the record's order."""
+        return [run for run in (self.run(p) for p in self.record()["points"]) if run.exists()]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many points are pending, running, complete and failed."""
+        counts = dict.fromkeys(POINT_STATUSES, 0)
+        for point in self.record()["points"].values():
+            counts[point.get("status", "pending")] = counts.get(point.get("status", "pending"), 0) + 1
+        return counts
+
+
+#: The states of a sweep point: not started, handed to a worker, done, raised an error.
+POINT_STATUSES = ("pending", "running", "complete", "failed")
+
+
+def _point_name(point: str) -> str:
+    """A point's key as a directory name: one path component of plain characters."""
+    if not point or point in (".", "..") or not re.fullmatch(r"[\w.,=+\-]+", point):
+        raise ValueError(f"sweep point name must be one path component of letters, digits and . , = + - _, got {point!r}")
+    return point
+
+
+def list_sweeps(root: str | os.PathLike | None = None) -> list[Sweep]:
+    """Sweep directories directly under the runs root, by name."""
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    return [Sweep(p) for p in sorted(base.iterdir()) if (p / SWEEP).is_file()]
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
-    """Run directories directly under the runs root, by name."""
+    """Run directories directly under the runs root, by name (a sweep's points: `Sweep.runs`)."""
     base = runs_root(root)
     if not base.is_dir():
         return []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,6 +45,8 @@ class TrainSettings:
     weight_decay: float = setting(5e-4, "SGD weight decay")
     seed: int = setting(0, "seed of model initialization and batch order")
     eval_batch_size: int = setting(4096, "batch size of evaluation passes")
+    keep_epochs: str = setting("", "checkpoints kept on disk: empty = every epoch; else epochs and ranges, e.g. "
+                               "0-10,15-50/5 (0 to 10, then every 5th from 15 to 50); 0 and the last are always kept")
 
     def __post_init__(self):
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
@@ -53,6 +56,25 @@ class TrainSettings:
         check(0 < self.peak_epoch <= self.epochs, "peak_epoch", f"in (0, train.epochs={self.epochs}]", self.peak_epoch)
         check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        self.kept_epochs()  # checks the policy
+
+    def kept_epochs(self, epochs: int | None = None) -> list[int]:
+        """The checkpoints `keep_epochs` keeps of a training of `epochs` (default: this one's)
+        epochs, sorted: every epoch when it is empty, else its epochs and ranges (items beyond
+        `epochs` left out), always with 0 and the last."""
+        last = self.epochs if epochs is None else epochs
+        if not self.keep_epochs.strip():
+            return list(range(last + 1))
+        kept = {0, last}
+        for item in self.keep_epochs.split(","):
+            match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?:/\s*(\d+)\s*)?)?", item)
+            check(match is not None, "keep_epochs", "epochs and ranges like 0-10,15-50/5", self.keep_epochs)
+            start = int(match[1])
+            stop, step = int(match[2] or start), int(match[3] or 1)
+            check(start <= stop <= self.epochs and step >= 1, "keep_epochs",
+                  f"epochs and ranges in 0..train.epochs={self.epochs}, steps >= 1", self.keep_epochs)
+            kept |= {e for e in range(start, stop + 1, step) if e <= last}
+        return sorted(kept)
 
     def steps_per_epoch(self, n: int) -> int:
         """Batches per epoch over `n` training examples (the last one may be smaller)."""

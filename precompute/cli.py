@@ -2,11 +2,16 @@
 
     python -m precompute run [--preset NAME] [--out DIR] [--device cpu|cuda]
                              [--config FILE.toml] [--set KEY=VALUE ...] [--data-root DIR] [--download]
+    python -m precompute sweep --preset NAME --grid KEY=V1,V2 [--grid ...] [--config SWEEP.toml] --out DIR
+                             [--jobs N] [--backend loky|dask] [--scheduler tcp://HOST:PORT] [--device cuda]
+                             [--retry-failed]
+    python -m precompute summarize SWEEP
     python -m precompute list [ROOT]
 
 Every user mistake (unknown preset or key, bad value, missing data set, a run directory that
 holds another config or is in use) ends with one line on stderr naming the fix and exit
-status 2, before anything is written.
+status 2, before anything is written. A sweep whose points all completed exits 0, one with a
+failed point 1 (after the others ran).
 """
 
 from __future__ import annotations
@@ -22,9 +27,26 @@ from memloc import overrides
 from memloc.data import DataError
 from memloc.presets import DEFAULT_PRESET, PRESETS
 from memloc.settings import ConfigError
-from memloc.store import Run, RunError, list_runs, runs_root
+from memloc.runs import checkpoint_disk
+from memloc.store import Run, RunError, Sweep, list_runs, list_sweeps, runs_root
 
 EXIT_USAGE = 2
+SWEEP_FILE_HELP = """a sweep file (--config) holds the preset, fixed overrides, a product grid and paired points:
+
+  preset = "demo"
+  [set]
+  "train.epochs" = 30
+  [grid]
+  "train.seed" = [0, 1, 2]
+  "data.noise_frac" = [0.05, 0.1, 0.2]
+  [[points]]                    # listed together, each times the grid
+  "model.name" = "mlp"
+  [[points]]
+  "model.name" = "cnn"
+  "model.options.width" = 0.5
+
+--grid and --set on the command line add to it. Points are named by their values: noise_frac=0.2,seed=1.
+Config keys: see `python -m precompute run --help`."""
 EXIT_INTERRUPTED = 130
 
 
@@ -50,7 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key")
     run.add_argument("--data-root", help="where data sets are (default: $MEMLOC_DATA or ./data)")
     run.add_argument("--download", action="store_true", help="let torchvision download the data set (needs internet)")
-    lst = sub.add_parser("list", help="list run directories, their stages and key numbers")
+    swp = sub.add_parser(
+        "sweep",
+        help="one run per point of a grid of settings, in parallel (resumes an interrupted sweep)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a grid of configurations, each point an ordinary run directory DIR/<point> made as by "
+        "`precompute run`, on joblib's loky processes or a dask cluster. A failing point is marked failed (its "
+        "traceback in DIR/logs/<point>.log) while the others go on. Re-running the same command skips complete "
+        "points and resumes the rest; failed points run again only with --retry-failed. DIR/sweep.json records "
+        "the points and their status; DIR/summary.parquet their key numbers, with the seeds folded.",
+        epilog=SWEEP_FILE_HELP,
+    )
+    swp.add_argument("--preset", help=f"named configuration every point starts from (default {DEFAULT_PRESET})")
+    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one key for every point")
+    swp.add_argument("--config", help="sweep file (TOML): preset, [set], [grid], [[points]]")
+    swp.add_argument("--out", required=True, help="sweep directory, e.g. runs/seeds")
+    swp.add_argument("--jobs", type=int, default=1, help="points at once (loky processes, or local dask workers)")
+    swp.add_argument("--backend", default="loky", help="loky (this machine, default) or dask")
+    swp.add_argument("--scheduler", help="with --backend dask: a running scheduler, tcp://HOST:PORT (else a local cluster)")
+    swp.add_argument("--device", default="cpu", help="cpu (default) or cuda: points are spread over the GPUs")
+    swp.add_argument("--retry-failed", action="store_true", help="run the points that failed before again")
+    smz = sub.add_parser("summarize", help="write a sweep's summary.parquet from its points' tables")
+    smz.add_argument("sweep", help="sweep directory")
+    lst = sub.add_parser("list", help="list run and sweep directories, their stages, key numbers and point counts")
     lst.add_argument("root", nargs="?", help="runs root (default: $MEMLOC_RUNS or ./runs)")
     return parser
 
@@ -79,6 +125,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = args.out or str(runs_root() / args.preset)
     print(f"precompute run -> {out} on {device}")
     print(json.dumps(cfg.to_dict(), indent=2))
+    disk = checkpoint_disk(cfg)
+    print("disk: " + ", ".join(f"{n} checkpoints of {size / 2**20:.1f} MiB ({variant})" for variant, (n, size) in disk.items())
+          + f" = about {sum(n * size for n, size in disk.values()) / 2**20:,.0f} MiB (fewer with train.keep_epochs)")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     from precompute.stages import execute  # imports torch-heavy modules only for `run`
 
@@ -86,14 +135,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from precompute.sweep import grid_from, run_sweep  # imports joblib only for `sweep`
+
+    spec = overrides.load_toml(args.config) if args.config else None
+    grid = grid_from(args.preset, args.overrides, args.grid, spec)
+    if args.device != "cpu":
+        _device(args.device)
+    return run_sweep(grid, args.out, args.jobs, args.backend, args.scheduler, args.device, args.retry_failed)
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    from precompute.sweep import summarize
+
+    target = Sweep(args.sweep)
+    target.record()  # a clear error for a directory that is not a sweep
+    with target.lock():
+        summarize(target)
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     root = runs_root(args.root)
-    runs = list_runs(root)
-    if not runs:
+    runs, sweeps = list_runs(root), list_sweeps(root)
+    if not runs and not sweeps:
         print(f"no runs under {root}; create one with: python -m precompute run --preset demo")
         return 0
     for run in runs:
         print(_describe(run))
+    for target in sweeps:
+        try:
+            counts = target.status_counts()
+        except RunError as e:
+            print(f"{target.name}/: unreadable sweep ({e})")
+            continue
+        print(f"{target.name}/: sweep of {sum(counts.values())} points, "
+              + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
     return 0
 
 
@@ -114,10 +191,11 @@ def _describe(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _cmd_run(args) if args.command == "run" else _cmd_list(args)
+        commands = {"run": _cmd_run, "sweep": _cmd_sweep, "summarize": _cmd_summarize, "list": _cmd_list}
+        return commands[args.command](args)
     except (ConfigError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume from the last complete epoch", file=sys.stderr)
+        print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
         return EXIT_INTERRUPTED

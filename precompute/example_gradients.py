@@ -27,7 +27,7 @@ def example_gradients_stage(ctx: StageContext) -> dict[str, Any]:
     missing = sorted(set(epochs) - set(ctx.run.checkpoint_epochs()))
     if missing:
         raise RunError(f"run {ctx.run.name} has no checkpoints for epochs {missing}; "
-                       "the example_gradients stage needs the train stage first")
+                       "the example_gradients stage needs the train stage first (and those epochs among train.keep_epochs)")
     state = Resumable(ctx, "example_gradients")
     parts = state.parts("example_gradients")
     done = set(parts[0]["epoch"].unique().tolist()) if parts else set()  # checkpoints already done

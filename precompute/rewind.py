@@ -29,7 +29,8 @@ def rewind_stage(ctx: StageContext) -> dict[str, Any]:
     epochs = cfg.epochs_for(ctx.config.train)
     missing = sorted(set(epochs) - set(ctx.run.checkpoint_epochs()))
     if missing:
-        raise RunError(f"run {ctx.run.name} has no checkpoint for rewind epoch(s) {missing}; run the train stage to the end")
+        raise RunError(f"run {ctx.run.name} has no checkpoint for rewind epoch(s) {missing}: run the train stage to the end, "
+                       "or choose rewind.epochs among those train.keep_epochs keeps")
     example_epoch = epochs[0]  # 0 unless rewind.epochs leaves it out
     data = ctx.data
     evaluator = RewindEvaluator(model, ctx.checkpoint, data.train_x, ctx.labels, data.test_x, data.test_labels,

@@ -46,12 +46,14 @@ def _differences(run_config: dict[str, Any], asked: dict[str, Any]) -> list[str]
             for key in sorted(set(a) | set(b)) if key not in ignored and a.get(key) != b.get(key)]
 
 
-def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str], None] = print) -> Run:
-    """Run the configured stages into the run directory `out`, resuming what is there."""
+def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str], None] = print,
+            wait: Callable[[str], None] | None = None) -> Run:
+    """Run the configured stages into the run directory `out`, resuming what is there. A run
+    another process holds is an error, or with `wait` (told why) waited for."""
     ds = data_mod.load_data(cfg.data)
     labels = data_mod.make_labels(cfg.data, ds)
     run = Run(out)
-    with run.lock():
+    with run.lock(wait):
         fingerprint = data_mod.fingerprint(ds)
         if run.exists():
             manifest = run.manifest()

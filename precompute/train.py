@@ -3,7 +3,8 @@
 `train_model` trains a freshly initialized model epoch by epoch (`memloc.train.train_epoch`)
 and keeps every epoch in the run: after each epoch the checkpoint of the model's variant, then
 the stage's resume state (SGD momentum and the partial tables `training`, `example_training`
-and, with gradient accounting, `gradient_tensors`), all of it in one save. An interrupted run
+and, with gradient accounting, `gradient_tensors`), all of it in one save. With
+`train.keep_epochs` the checkpoints it does not keep are deleted once the next one is saved. An interrupted run
 continues after the last epoch whose resume state is in place, drawing the same batches, so
 the result is bitwise the same on the CPU.
 
@@ -70,6 +71,7 @@ def train_model(
         run.write_checkpoint(0, model.state_dict(), variant)
         rows = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "seconds": 0.0, **metrics()}]
     kept = len(rows) if saved is not None else 0  # `training` rows already in the resume state
+    keep = set(ctx.config.train.kept_epochs(settings.epochs))  # the checkpoint policy
     examples, gradients = state.parts("example_training"), state.parts(ACCOUNTING_TABLE)  # lists of pieces
     backward = accounting.backward if accounting else mean_backward
 
@@ -89,6 +91,10 @@ def train_model(
         examples.append(new["example_training"])
         run.write_checkpoint(epoch, model.state_dict(), variant)
         state.append(new, momentum_state(model, optimizer), epochs_done=epoch)
+        # Checkpoints the policy does not keep go once a later one is in place (resume needs the latest).
+        dropped = [e for e in run.checkpoint_epochs(variant) if e < epoch and e not in keep]
+        if dropped:
+            run.drop_checkpoints(dropped, variant)
         if row:
             bar.set_postfix(memorized=f"{row['noisy_acc']:.3f}", clean=f"{row['clean_acc']:.3f}", test=f"{row['test_acc']:.3f}")
         else:

@@ -10,7 +10,7 @@ from memloc.config import STAGES
 from memloc.train import memorized_from
 
 run = current_run()
-st.title(f"Overview: {run.name}")
+st.title(f"Overview: {st.session_state['run_name']}")
 st.markdown(
     "A model is trained on data where a share of the training labels was flipped to a wrong "
     "class (the *noisy* examples). The curves show accuracy on clean examples, on noisy "

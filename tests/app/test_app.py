@@ -55,3 +55,19 @@ def test_run_name_from_the_url_cannot_leave_the_runs_root(monkeypatch, smoke_run
     at.run()
     assert not at.exception
     assert at.title[0].value == "Overview: smoke"  # the unknown name falls back to a run in the root
+
+
+def test_a_sweeps_points_are_runs_of_the_picker_and_names_cannot_leave_the_root(monkeypatch, smoke_run, smoke_sweep, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_sweep.path, root / "grid")
+    shutil.copytree(smoke_run.path, tmp_path / "outside")
+    at = _app(monkeypatch, root)
+    at.query_params["run"] = "grid/seed=1,noise_frac=0.2"
+    at.run()
+    assert not at.exception and at.title[0].value == "Overview: grid/seed=1,noise_frac=0.2"
+    assert "sweep **grid**: 4 points, 4 complete" in [c.value for c in at.sidebar.caption]
+    for bad in ("grid/../../outside", "../outside", "grid/logs"):
+        at = _app(monkeypatch, root)
+        at.query_params["run"] = bad
+        at.run()
+        assert not at.exception and at.title[0].value == "Overview: grid/seed=0,noise_frac=0.1"  # the first run instead

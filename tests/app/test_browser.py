@@ -34,6 +34,7 @@ PAGES = {  # url path -> heading
     "examples": "Examples",
     "example": "One example",
     "dropout": "Example-tied dropout",
+    "compare": "Compare",
 }
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "

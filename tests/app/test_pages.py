@@ -267,3 +267,39 @@ def test_example_page_for_the_dropout_model(monkeypatch, explorer_run, mode):
         expected = torch.softmax(predict(model, opened.data.train_x[[example]]), 1)[0].numpy()
     np.testing.assert_allclose(_chart_data(at.get("vega_lite_chart")[0])["probability"].to_numpy(), expected, rtol=1e-5)
     assert "dropout model" in at.markdown[1].value
+
+
+def test_compare_page_shows_the_sweeps_summary_and_follows_the_chosen_number(monkeypatch, explorer_run):
+    from memloc.store import Sweep
+
+    at = _app(monkeypatch, explorer_run.path.parent, page="compare", sweep="grid").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="cmp_sweep").value == "grid"
+    assert "4 points: 4 complete" in " ".join(c.value for c in at.caption)
+    summary = Sweep(explorer_run.path.parent / "grid").read_summary()
+    settings = summary[(summary["scope"] == "setting") & (summary["metric"] == "memorized")]
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2  # the key number against a setting, the training curves
+    shown = pd.concat([pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in charts[0].proto.datasets])
+    means = shown.dropna(subset=["low"]).sort_values("point")
+    assert means["mean"].tolist() == pytest.approx(settings.sort_values("point")["mean"].tolist())
+    at.selectbox(key="cmp_metric").set_value("test_acc").run()
+    assert not at.exception and at.query_params["metric"] == "test_acc"
+    shown = pd.concat([pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in at.get("vega_lite_chart")[0].proto.datasets])
+    expected = summary[(summary["scope"] == "setting") & (summary["metric"] == "test_acc")]
+    assert sorted(shown.dropna(subset=["low"])["mean"]) == pytest.approx(sorted(expected["mean"]))
+
+
+def test_compare_page_with_runs_picked_by_hand_and_a_sweep_without_summary(monkeypatch, explorer_run, tmp_path):
+    at = _app(monkeypatch, explorer_run.path.parent, page="compare", source="runs", runs="smoke;grid/seed=1,noise_frac=0.2")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="cmp_runs").value == ["smoke", "grid/seed=1,noise_frac=0.2"]
+    assert len(at.get("vega_lite_chart")) == 2
+    root = tmp_path / "runs"
+    shutil.copytree(explorer_run.path.parent / "grid", root / "grid")
+    shutil.copytree(explorer_run.path, root / "smoke")
+    (root / "grid" / "summary.parquet").unlink()
+    at = _app(monkeypatch, root, page="compare").run()
+    assert not at.exception
+    assert f"python -m precompute summarize {root / 'grid'}" in [c.value for c in at.code]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from memloc import overrides
+from memloc.settings import ConfigError
 from precompute.stages import execute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +145,18 @@ def test_a_run_of_an_older_schema_is_one_line_with_the_command_that_recreates_it
         assert f"recreate it with `python -m precompute run --preset smoke --out {smoke_copy.path}`" in text
     assert result.returncode == 0 and _cli("run", "--preset", "smoke", "--out", str(smoke_copy.path)).returncode == 2
     assert {p: p.stat().st_mtime_ns for p in smoke_copy.path.rglob("*") if p.is_file() and p.name != ".lock"} == before  # nothing written
+
+
+def test_a_checkpoint_policy_keeps_only_its_epochs_and_the_stages_use_those(tmp_path):
+    cfg = overrides.resolve("smoke", overrides=["train.epochs=6", "train.keep_epochs=0-1,4", 'stages=["train","rewind"]'])
+    assert cfg.train.kept_epochs() == [0, 1, 4, 6] and cfg.rewind.epochs_for(cfg.train) == [0, 1, 4, 6]
+    run = execute(cfg, str(tmp_path / "kept"), torch.device("cpu"), log=_quiet)
+    assert run.checkpoint_epochs() == [0, 1, 4, 6]
+    assert sorted(p.name for p in (run.path / "checkpoints").glob("*.safetensors")) == [
+        f"epoch_{e:03d}.safetensors" for e in (0, 1, 4, 6)]
+    assert sorted(run.read_table("rewinding")["epoch"].unique()) == [0, 1, 4, 6]
+    full = execute(overrides.resolve("smoke", overrides=["train.epochs=6", 'stages=["train"]']), str(tmp_path / "full"),
+                   torch.device("cpu"), log=_quiet)
+    assert all(torch.equal(run.read_checkpoint(6)[k], v) for k, v in full.read_checkpoint(6).items())  # same training
+    with pytest.raises(ConfigError, match=r"rewind.epochs: kept checkpoints; train.keep_epochs='0-1,4' does not keep \[2\]"):
+        overrides.resolve("smoke", overrides=["train.epochs=6", "train.keep_epochs=0-1,4", "rewind.epochs=[0,2]"])

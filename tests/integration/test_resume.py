@@ -77,3 +77,27 @@ def test_an_interrupted_stage_resumes_to_bitwise_the_same_tables(smoke_run, tmp_
     assert set(STAGE_TABLES[stage]) <= set(tables)
     variants = ("plain", "dropout") if "dropout" in stages else ("plain",)
     assert _digests(run, tables, variants) == _digests(smoke_run, tables, variants)
+
+
+def test_training_resumes_under_a_checkpoint_policy(smoke_run, tmp_path, monkeypatch):
+    """Checkpoints the policy drops go only once a later one is saved: an interrupted training
+    still finds the checkpoint it resumes from."""
+    cfg = overrides.resolve("smoke", overrides=['stages=["train"]', "train.keep_epochs=0"])
+    real_append, saves = Run.append_state, {"n": 0}
+
+    def append_then_interrupt(self, *args, **kwargs):
+        real_append(self, *args, **kwargs)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "append_state", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, str(tmp_path / "run"), torch.device("cpu"), log=lambda _: None)
+    # Interrupted right after epoch 2 was saved, before the policy dropped epoch 1: 2 is there to resume from.
+    assert Run(tmp_path / "run").checkpoint_epochs() == [0, 1, 2]
+    monkeypatch.setattr(Run, "append_state", real_append)
+    run = execute(cfg, str(tmp_path / "run"), torch.device("cpu"), log=lambda _: None)
+    assert run.checkpoint_epochs() == [0, 3]
+    assert _digests(run, ("training", "example_training"), ()) == _digests(smoke_run, ("training", "example_training"), ())
+    assert all(torch.equal(run.read_checkpoint(3)[k], v) for k, v in smoke_run.read_checkpoint(3).items())
