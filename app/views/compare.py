@@ -10,7 +10,7 @@ from app.cache import (RunError, run_in_root, run_names, run_numbers, selected_r
 from app.charts import legend_pick, show_chart
 from app.url import url_choice
 from memloc.evaluate import POPULATIONS, accuracy_column
-from memloc.grid import seed_axes, short_names
+from memloc.grid import point_name, seed_axes, short_names
 from memloc.summary import metric_label, summary_table
 
 st.title("Compare")
@@ -100,7 +100,7 @@ def numbers_panel():
     metric = c1.selectbox("Key number", metrics, key="cmp_metric", format_func=metric_label)
     x_options = setting_axes or ["point"]
     url_choice("x", "cmp_x", x_options, x_options[0])
-    x = c2.selectbox("Against", x_options, key="cmp_x", format_func=lambda a: "point" if a == "point" else _axis_title(a))
+    x = c2.selectbox("Against", x_options, key="cmp_x", format_func=lambda a: "setting" if a == "point" else _axis_title(a))
     color_options = ["none"] + [a for a in setting_axes if a != x]
     color = c3.selectbox("Colour by", color_options, key="cmp_color",
                          format_func=lambda a: "nothing" if a == "none" else _axis_title(a))
@@ -111,8 +111,10 @@ def numbers_panel():
     for frame in (means, dots):  # plain column names: Vega-Lite reads dots in a field name as nesting
         frame["x"] = frame["point"] if x == "point" else frame[x] if numeric else frame[x].astype(str)
         frame["group"] = frame[color].astype(str) if color != "none" else "all"
+    if x == "point":  # no setting axis: every seed under its setting's mean
+        dots["x"] = [point_name({a: values[p][a] for a in setting_axes}, setting_axes) for p in dots["point"]]
     means["low"], means["high"] = means["mean"] - means["std"].fillna(0), means["mean"] + means["std"].fillna(0)
-    x_enc = alt.X("x:Q" if numeric else "x:N", title=_axis_title(x) if x != "point" else "point",
+    x_enc = alt.X("x:Q" if numeric else "x:N", title=_axis_title(x) if x != "point" else "setting",
                   scale=alt.Scale(zero=False) if numeric else alt.Undefined, axis=alt.Axis(labelAngle=0, labelLimit=0))
     pick = legend_pick("group")
     colour = alt.Color("group:N", title=_axis_title(color) if color != "none" else None, scale=alt.Scale(scheme="tableau10"),
