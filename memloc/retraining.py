@@ -45,7 +45,7 @@ from torch import nn
 
 from memloc.data import Labels
 from memloc.evaluate import ACCURACIES, evaluate, population_metrics
-from memloc.interventions import Frozen, frozen, group_state_names
+from memloc.interventions import Frozen, frozen, group_state_names, state_tensors
 from memloc.partial import Split, frontier_bytes, group_paths, split
 from memloc.schedule import one_cycle_lr
 from memloc.settings import check, setting
@@ -156,7 +156,7 @@ def _retrain(part: Frozen, init_state: dict[str, torch.Tensor], group: str, data
     """Reset `group` to `init_state` and train it inside `frozen` (the scope that `part` belongs to)."""
     model = part.model
     with torch.no_grad():
-        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        tensors = state_tensors(model)
         for name in group_state_names(model, group, include_buffers=True):
             tensors[name].copy_(init_state[name])
     optimizer = _optimizer(part.parameters, settings)

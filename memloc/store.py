@@ -551,10 +551,8 @@ class Sweep:
 
     def status_counts(self) -> dict[str, int]:
         """How many points are pending, running, complete and failed."""
-        counts = dict.fromkeys(POINT_STATUSES, 0)
-        for point in self.record()["points"].values():
-            counts[point.get("status", "pending")] = counts.get(point.get("status", "pending"), 0) + 1
-        return counts
+        statuses = [point.get("status", "pending") for point in self.record()["points"].values()]
+        return {status: statuses.count(status) for status in POINT_STATUSES}
 
 
 #: The states of a sweep point: not started, handed to a worker, done, raised an error.

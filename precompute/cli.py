@@ -26,11 +26,12 @@ import torch
 from memloc import overrides
 from memloc.data import DataError
 from memloc.presets import DEFAULT_PRESET, PRESETS
-from memloc.settings import ConfigError
 from memloc.runs import checkpoint_disk
+from memloc.settings import ConfigError
 from memloc.store import Run, RunError, Sweep, list_runs, list_sweeps, runs_root
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 SWEEP_FILE_HELP = """a sweep file (--config) holds the preset, fixed overrides, a product grid and paired points:
 
   preset = "demo"
@@ -47,7 +48,6 @@ SWEEP_FILE_HELP = """a sweep file (--config) holds the preset, fixed overrides, 
 
 --grid and --set on the command line add to it. Points are named by their values: noise_frac=0.2,seed=1.
 Config keys: see `python -m precompute run --help`."""
-EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -35,15 +35,15 @@ def retrain_stage(ctx: StageContext) -> dict[str, Any]:
         control = evaluate(model, data.train_x, data.labels, data.test_x, data.test_labels, train.eval_batch_size)
         rows = [{"group": "none", "group_index": -1, "epoch": 0, **{k: control[k] for k in ACCURACIES}}]
     done = {row["group"] for row in rows}
-    kept = len(rows) if saved is not None else 0  # rows already in the resume state
+    saved_rows = len(rows) if saved is not None else 0  # rows already in the resume state
     groups = [(i, g) for i, g in enumerate(model.layer_groups) if g not in done]
     for index, group in tqdm(groups, desc="retrain", unit="group", disable=None):
         # The model is the final model again after each group (retraining runs in `frozen`).
         for row in retrain_group(model, ctx.checkpoint(0), group, data, cfg, cfg.batch_size or train.batch_size,
                                  train.seed, train.eval_batch_size, cfg.cache_mb << 20):
             rows.append({"group": group, "group_index": index, **row})
-        state.append({"retraining": pd.DataFrame(rows[kept:], columns=COLUMNS)})
-        kept = len(rows)
+        state.append({"retraining": pd.DataFrame(rows[saved_rows:], columns=COLUMNS)})
+        saved_rows = len(rows)
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     state.finish({"retraining": table})

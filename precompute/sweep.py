@@ -21,6 +21,7 @@ so start one worker per GPU with `dask worker ... --resources GPU=1`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import threading
@@ -92,11 +93,17 @@ def points_of(grid: Grid) -> list[Point]:
 
 def disk_line(points: list[Point]) -> str:
     """What the sweep's checkpoints will take on disk, for the line printed before it starts."""
-    total, parts = 0, []
-    for variant, (count, size) in checkpoint_disk(points[0].config).items():
-        parts.append(f"{count} checkpoints of {size / 2**20:.1f} MiB ({variant})")
-    for point in points:
-        total += sum(count * size for count, size in checkpoint_disk(point.config).values())
+    sizes: dict[str, dict[str, tuple[int, int]]] = {}  # one model build per distinct model, not per point
+
+    def disk(cfg: RunConfig) -> dict[str, tuple[int, int]]:
+        key = json.dumps([cfg.to_dict()[k] for k in ("model", "data", "dropout", "train", "stages")])
+        if key not in sizes:
+            sizes[key] = checkpoint_disk(cfg)
+        return sizes[key]
+
+    total = sum(count * size for p in points for count, size in disk(p.config).values())
+    parts = [f"{count} checkpoints of {size / 2**20:.1f} MiB ({variant})"
+             for variant, (count, size) in disk(points[0].config).items()]
     return (f"disk: about {total / 2**20:,.0f} MiB for {len(points)} point(s), the first: {', '.join(parts)} "
             "(fewer with train.keep_epochs; tables come on top)")
 

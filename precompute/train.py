@@ -70,8 +70,9 @@ def train_model(
         done = 0
         run.write_checkpoint(0, model.state_dict(), variant)
         rows = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "seconds": 0.0, **metrics()}]
-    kept = len(rows) if saved is not None else 0  # `training` rows already in the resume state
+    saved_rows = len(rows) if saved is not None else 0  # `training` rows already in the resume state
     keep = set(ctx.config.train.kept_epochs(settings.epochs))  # the checkpoint policy
+    dropping = len(keep) < settings.epochs + 1  # the policy leaves some checkpoints out
     examples, gradients = state.parts("example_training"), state.parts(ACCOUNTING_TABLE)  # lists of pieces
     backward = accounting.backward if accounting else mean_backward
 
@@ -83,8 +84,8 @@ def train_model(
         row = metrics()
         rows.append({"epoch": epoch, "lr": settings.last_lr(epoch, n), "train_loss": stats.loss.mean().item(),
                      "seconds": time.perf_counter() - t0, **row})
-        new = {"training": pd.DataFrame(rows[kept:]), "example_training": example_rows(epoch, stats)}
-        kept = len(rows)
+        new = {"training": pd.DataFrame(rows[saved_rows:]), "example_training": example_rows(epoch, stats)}
+        saved_rows = len(rows)
         if accounting:
             new[ACCOUNTING_TABLE] = accounting.epoch_rows(epoch)
             gradients.append(new[ACCOUNTING_TABLE])
@@ -92,7 +93,7 @@ def train_model(
         run.write_checkpoint(epoch, model.state_dict(), variant)
         state.append(new, momentum_state(model, optimizer), epochs_done=epoch)
         # Checkpoints the policy does not keep go once a later one is in place (resume needs the latest).
-        dropped = [e for e in run.checkpoint_epochs(variant) if e < epoch and e not in keep]
+        dropped = [e for e in run.checkpoint_epochs(variant) if e < epoch and e not in keep] if dropping else []
         if dropped:
             run.drop_checkpoints(dropped, variant)
         if row:
