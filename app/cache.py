@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from app.url import decode_interventions, encode_interventions
+from memloc import scorecard
 from memloc.attribution import attribute, layers_for, methods_for
 from memloc.config import STAGE_TABLES
 from memloc.data import DataError
@@ -129,6 +130,18 @@ def _numbers(path: str, stamp: float) -> dict[str, float]:
 def run_numbers(run: Run) -> dict[str, float]:
     """The run's key numbers (`memloc.summary.key_numbers`), cached until the run changes."""
     return _numbers(str(run.path), _stamp(run))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _scorecards(path: str, stamp: tuple[float, ...]) -> list[scorecard.Section]:
+    return scorecard.scorecards(path)
+
+
+def scorecards(path: Path) -> list[scorecard.Section]:
+    """`memloc.scorecard.scorecards` of a run or sweep directory, cached until it or a point changes."""
+    target = Sweep(path)
+    files = [path / SWEEP, *(run.path / MANIFEST for run in target.runs())] if target.exists() else [path / MANIFEST]
+    return _scorecards(str(path), tuple(f.stat().st_mtime if f.exists() else 0.0 for f in files))
 
 
 def current_run() -> Run | None:

@@ -49,7 +49,8 @@ for target in list_sweeps(root):  # each sweep with how far its points are
                        + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
 
 pages = [
-    st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("views/findings.py", title="Findings", url_path="findings", default=True),
+    st.Page("views/overview.py", title="Overview", url_path="overview"),
     st.Page("views/gradients.py", title="Gradient accounting", url_path="gradients"),
     st.Page("views/rewinding.py", title="Layer rewinding", url_path="rewinding"),
     st.Page("views/retraining.py", title="Retraining", url_path="retraining"),
@@ -66,5 +67,5 @@ if not st.session_state.get("page_from_url"):
     linked = next((p for p in pages if p.url_path == st.query_params.get("page")), None)
     if linked is not None and linked.url_path != page.url_path:
         st.switch_page(linked, query_params={k: v for k, v in st.query_params.items() if k != "page"})
-st.query_params["page"] = page.url_path or "overview"
+st.query_params["page"] = page.url_path or "findings"
 page.run()

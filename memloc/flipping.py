@@ -356,8 +356,8 @@ def select_targets(
 
 #: Columns of the `flipping` table (one row per target), see `flip_table`.
 COLUMNS = [
-    "example_id", "kind", "n_units", "flipped", "units", "new_prediction", "acc_clean_after", "acc_noisy_after",
-    "acc_test_after", "random_flipped", "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after",
+    "example_id", "kind", "n_units", "flipped", "units", "new_prediction", "acc_clean_before", "acc_noisy_before",
+    "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped", "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after",
     "random_acc_test_after",
 ]
 #: Columns of the `flip_units` table (one row per unit of some flip set), see `unit_table`.
@@ -378,21 +378,23 @@ def flip_table(
     flips the example and its collateral accuracy. Collateral is evaluated batched over examples.
 
     Columns: example_id, kind ("noisy"/"clean"), n_units, flipped, units (`layer[index]` in the
-    order zeroed), new_prediction, acc_clean_after, acc_noisy_after, acc_test_after (on `evals`:
-    clean examples against their labels, noisy ones against their noisy labels, test examples),
+    order zeroed), new_prediction, acc_clean_before, acc_noisy_before, acc_test_before (the
+    unedited model, the same in every row) and acc_clean_after, acc_noisy_after, acc_test_after
+    (on `evals`: clean examples against their labels, noisy ones against their noisy labels, test
+    examples), so the edit's cost is before - after;
     then random_flipped, random_new_prediction and random_acc_* for the random control (missing
     where the example did not flip).
     """
     index = UnitIndex(model)
     flipped = [r for r in results if r.flipped]
     controls = [random_units(index, r.units, r.example_id, settings.seed) for r in flipped]
-    masks = index.masks([r.units for r in results] + controls, train_x)  # (E + F, U)
+    masks = index.masks([r.units for r in results] + controls + [()], train_x)  # (E + F + 1, U): the last unedited
     acc = collateral(model, masks, evals, settings.chunk_rows)
     control_preds: list[int] = []
     if flipped:  # does the random control flip the example? (its own image, as in the flip test)
         inputs = torch.stack([target_inputs(train_x, torch.tensor([r.example_id]), r.example_id, settings) for r in flipped])
         with frozen(model), unit_masks(model) as hooks:
-            control_preds = _predict_targets(model, hooks, masks[len(results):], inputs, settings.draws,
+            control_preds = _predict_targets(model, hooks, masks[len(results):-1], inputs, settings.draws,
                                              settings.chunk_rows).tolist()
     e = len(results)
     table = pd.DataFrame({
@@ -403,6 +405,7 @@ def flip_table(
         "flipped": np.array([r.flipped for r in results], dtype=bool),
         "units": pd.Series([index.names(r.units) for r in results], dtype=object),
         "new_prediction": np.array([r.new_prediction for r in results], dtype=np.int64),
+        **{key.replace("_after", "_before"): np.full(e, values[-1]) for key, values in acc.items()},
         **{key: values[:e] for key, values in acc.items()},
     })
     row = {r.example_id: i for i, r in enumerate(flipped)}

@@ -166,7 +166,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -237,7 +237,7 @@ class Run:
             self._update(lambda m: m.__setitem__("config", config))
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     def _update(self, change) -> dict[str, Any]:
         self._require_lock()
@@ -276,7 +276,7 @@ class Run:
 
     # ------------------------------------------------------------------ files
     def _put(self, rel: str, data: bytes) -> None:
-        _atomic_write(self.path / rel, data)
+        atomic_write(self.path / rel, data)
         digest = hashlib.sha256(data).hexdigest()
         self._update(lambda m: m["files"].__setitem__(rel, {"sha256": digest, "bytes": len(data)}))
 
@@ -373,7 +373,7 @@ class Run:
         if tensors is not None:
             files[f"{prefix}{_TENSORS}/{piece:06d}.safetensors"] = self._tensor_bytes(tensors)
         for rel, data in files.items():
-            _atomic_write(self.path / rel, data)
+            atomic_write(self.path / rel, data)
 
         replaced = [rel for rel in old if rel.startswith(f"{prefix}{_TENSORS}/")] if tensors is not None else []
 
@@ -507,7 +507,7 @@ class Sweep:
     def write_record(self, record: dict[str, Any]) -> None:
         if not self._locked:
             raise RuntimeError("writing a sweep requires `with sweep.lock():`")
-        _atomic_write(self.path / SWEEP, json.dumps({**record, "schema_version": SCHEMA_VERSION}, indent=2).encode())
+        atomic_write(self.path / SWEEP, json.dumps({**record, "schema_version": SCHEMA_VERSION}, indent=2).encode())
 
     def run(self, point: str) -> Run:
         """The run directory of `point` (a key of the record's points)."""
@@ -522,7 +522,7 @@ class Sweep:
     def write_summary(self, table: pd.DataFrame) -> None:
         """Write `summary.parquet` and record its sha256 in the record."""
         data = _table_bytes(table)
-        _atomic_write(self.path / SUMMARY, data)
+        atomic_write(self.path / SUMMARY, data)
         record = self.record()
         record["summary"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         self.write_record(record)

@@ -1,7 +1,7 @@
 """Key numbers of runs, and of a sweep with the seeds folded: the summary of `precompute summarize`.
 
 `key_numbers(run)` reads one run's tables and returns its key numbers by name (a stage the run
-did not run contributes none):
+did not run contributes none; `numbers_from(tables, peak_epoch)` is the same on tables in hand):
 
 - `memorized`, `clean_acc`, `test_acc`: the final model's memorization (noisy examples predicted
   with their noisy label), clean and test accuracy (table `training`, last epoch);
@@ -30,7 +30,7 @@ axes, and `point` is the setting's name.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,35 +44,50 @@ from memloc.store import Run
 COLUMNS = ["scope", "point", "metric", "mean", "std", "n"]
 
 
+#: The tables `key_numbers` reads.
+TABLES = ("training", "gradients", "rewinding", "retraining", "flipping", "dropout")
+
+
+def run_tables(run: Run, names: Sequence[str] = TABLES) -> dict[str, pd.DataFrame]:
+    """The run's tables among `names` that it has, by name."""
+    have = set(run.tables())
+    return {name: run.read_table(name) for name in names if name in have}
+
+
 def key_numbers(run: Run) -> dict[str, float]:
     """The key numbers of one run (see the module docstring), from its own tables."""
     cfg = from_dict(run.manifest()["config"])
-    tables = set(run.tables())
+    return numbers_from(run_tables(run), cfg.train.peak_epoch)
+
+
+def numbers_from(tables: Mapping[str, pd.DataFrame], peak_epoch: float) -> dict[str, float]:
+    """The key numbers of a run's tables (by name; a missing table contributes none); the
+    learning rate peaks at `peak_epoch`. Groups come in the order of their `group_index`."""
     out: dict[str, float] = {}
     if "training" in tables:
-        last = run.read_table("training").iloc[-1]
+        last = tables["training"].iloc[-1]
         out.update(memorized=last["noisy_acc"], clean_acc=last["clean_acc"], test_acc=last["test_acc"])
     if "gradients" in tables:
-        grads = run.read_table("gradients")
+        grads = tables["gradients"]
         epochs = grads["epoch"].unique()
-        peak = epochs[np.argmin(np.abs(epochs - cfg.train.peak_epoch))]
+        peak = epochs[np.argmin(np.abs(epochs - peak_epoch))]
         at = grads[grads["epoch"] == peak]
         out["noisy_share_at_peak"] = at["noisy_norm"].sum() / (at["clean_norm"].sum() + at["noisy_norm"].sum())
         out["cosine_at_peak"] = at["cosine"].mean()
     if "rewinding" in tables:
-        rw = run.read_table("rewinding")
+        rw = tables["rewinding"]
         at = rw[rw["epoch"] == rw["epoch"].min()].sort_values("group_index")
         out.update({f"rewound.{g}": v for g, v in zip(at["group"], at["noisy_acc"])})
     if "retraining" in tables:
-        rt = run.read_table("retraining")
+        rt = tables["retraining"]
         rt = rt[rt["group_index"] >= 0].sort_values(["group_index", "epoch"])
         last = rt.groupby("group", sort=False).tail(1)
         out.update({f"retrained.{g}": v for g, v in zip(last["group"], last["noisy_acc"])})
     if "flipping" in tables:
-        numbers = flipping.summary(run.read_table("flipping"))
+        numbers = flipping.summary(tables["flipping"])
         out.update({k: v for k, v in numbers.items() if not k.endswith("_examples") and v is not None})
     if "dropout" in tables:
-        drop = run.read_table("dropout").set_index("mode").loc["drop"]
+        drop = tables["dropout"].set_index("mode").loc["drop"]
         out.update(drop_memorized=drop["noisy_acc"], drop_clean_acc=drop["clean_acc"], drop_test_acc=drop["test_acc"])
     return {k: float(v) for k, v in out.items()}
 
@@ -135,4 +150,4 @@ def metric_label(metric: str) -> str:
     return _LABELS.get(metric, metric)
 
 
-__all__ = ["COLUMNS", "key_numbers", "summary_table", "metric_label"]
+__all__ = ["COLUMNS", "TABLES", "run_tables", "key_numbers", "numbers_from", "summary_table", "metric_label"]

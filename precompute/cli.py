@@ -6,6 +6,7 @@
                              [--jobs N] [--backend loky|dask] [--scheduler tcp://HOST:PORT] [--device cuda]
                              [--retry-failed]
     python -m precompute summarize SWEEP
+    python -m precompute report RUN_OR_SWEEP [--format md|html] [--out FILE]
     python -m precompute list [ROOT]
 
 Every user mistake (unknown preset or key, bad value, missing data set, a run directory that
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,7 @@ from memloc.data import DataError
 from memloc.presets import DEFAULT_PRESET, PRESETS
 from memloc.runs import checkpoint_disk
 from memloc.settings import ConfigError
-from memloc.store import Run, RunError, Sweep, list_runs, list_sweeps, runs_root
+from memloc.store import Run, RunError, Sweep, atomic_write, list_runs, list_sweeps, runs_root
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -96,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--retry-failed", action="store_true", help="run the points that failed before again")
     smz = sub.add_parser("summarize", help="write a sweep's summary.parquet from its points' tables")
     smz.add_argument("sweep", help="sweep directory")
+    rep = sub.add_parser(
+        "report", help="the paper's claims as a scorecard of a run or a sweep",
+        description="One row per claim of the paper: the claim, the paper's number, this run's number (or a sweep's "
+        "mean ± std over its seeds, one scorecard per setting), and a verdict (holds / partly / does not hold / not "
+        "measured) by the rule the row prints (memloc/scorecard.py).")
+    rep.add_argument("target", metavar="RUN_OR_SWEEP", help="run or sweep directory")
+    rep.add_argument("--format", choices=("md", "html"), default="md", help="Markdown (default) or one HTML page")
+    rep.add_argument("--out", help="write to FILE (default: standard output)")
     lst = sub.add_parser("list", help="list run and sweep directories, their stages, key numbers and point counts")
     lst.add_argument("root", nargs="?", help="runs root (default: $MEMLOC_RUNS or ./runs)")
     return parser
@@ -155,6 +165,24 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from memloc import scorecard
+
+    if not os.path.isdir(args.target):
+        raise RunError(f"no run or sweep directory at {args.target}; `python -m precompute list` shows the runs")
+    sections = scorecard.scorecards(args.target)
+    text = scorecard.to_html(sections) if args.format == "html" else scorecard.to_markdown(sections)
+    if args.out:
+        try:
+            atomic_write(Path(args.out), text.encode())
+        except OSError as e:
+            raise ConfigError(f"--out {args.out}: {e.strerror or e}; name a file in a writable directory") from None
+        print(f"report: {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     root = runs_root(args.root)
     runs, sweeps = list_runs(root), list_sweeps(root)
@@ -191,7 +219,8 @@ def _describe(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _cmd_run, "sweep": _cmd_sweep, "summarize": _cmd_summarize, "list": _cmd_list}
+        commands = {"run": _cmd_run, "sweep": _cmd_sweep, "summarize": _cmd_summarize, "report": _cmd_report,
+                    "list": _cmd_list}
         return commands[args.command](args)
     except (ConfigError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,16 +11,27 @@ from streamlit.testing.v1 import AppTest
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
 
-def _app(monkeypatch, root: Path) -> AppTest:
+def _app(monkeypatch, root: Path, page: str = "overview") -> AppTest:
+    """The app on `page` (`?page=`; the default page, at /, is Findings)."""
     monkeypatch.setenv("MEMLOC_RUNS", str(root))
     monkeypatch.setattr(sys, "argv", ["main.py"])
-    return AppTest.from_file(MAIN, default_timeout=60)
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.query_params["page"] = page
+    return at
 
 
 def test_no_runs_shows_the_command_that_creates_one(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path / "missing").run()
     assert not at.exception
     assert f"python -m precompute run --preset demo --out {tmp_path / 'missing' / 'demo'}" in [c.value for c in at.code]
+
+
+def test_the_first_page_is_the_findings(monkeypatch, smoke_run):
+    monkeypatch.setenv("MEMLOC_RUNS", str(smoke_run.path.parent))
+    monkeypatch.setattr(sys, "argv", ["main.py"])
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    assert not at.exception
+    assert at.title[0].value == "Findings: does the paper hold here?" and at.query_params["page"] == "findings"
 
 
 def test_overview_of_a_smoke_run_shows_its_curves(monkeypatch, smoke_run):

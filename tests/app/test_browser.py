@@ -1,8 +1,8 @@
 """The explorer in a real browser: Debian's Chromium driven by Playwright, against a live server.
 
 Visits every page, checks each renders its heading and charts without an exception, zeroes units
-on the Neurons page and waits for the accuracy the library computes, and saves a screenshot of
-every page under the test's temp directory. Skips only where Chromium or Playwright is missing.
+on the Neurons page and waits for the accuracy the library computes, opens the HTML scorecard of
+`precompute report`, and saves a screenshot of every page under the test's temp directory. Skips only where Chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from memloc import scorecard
 from memloc.evaluate import POPULATIONS, accuracy_column, evaluate
 from memloc.interventions import ZeroUnits, intervene
 from memloc.runs import open_run
+from precompute.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {  # url path -> heading
+    "findings": "Findings: does the paper hold here?",
     "overview": "Overview: smoke",
     "gradients": "Gradient accounting",
     "rewinding": "Layer rewinding",
@@ -105,11 +108,11 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
             page = browser.new_page(viewport={"width": 1400, "height": 2400})
             for path, heading in PAGES.items():
                 query = f"example={int(row['example_id'])}&" if path == "example" else ""
-                url_path = "" if path == "overview" else path  # the default page lives at /
+                url_path = "" if path == "findings" else path  # the default page lives at /
                 page.goto(f"http://127.0.0.1:{port}/{url_path}?{query}run=smoke")
                 expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(timeout=30_000)
-                expect(page.locator(".vega-embed").first).to_be_visible(timeout=30_000) if path != "examples" else \
-                    expect(page.locator("img").first).to_be_visible(timeout=30_000)
+                shown = {"examples": page.locator("img"), "findings": page.get_by_text(scorecard.CLAIMS[-1].text)}
+                expect(shown.get(path, page.locator(".vega-embed")).first).to_be_visible(timeout=30_000)
                 expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=30_000)
                 assert page.locator("[data-testid='stException']").count() == 0, f"exception on page {path}"
                 assert page.get_by_text("Page not found").count() == 0, f"{path} is not a page of the app"
@@ -135,6 +138,14 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
                 expect(shown.locator("[data-testid='stMetricValue']")).to_have_text(f"{after[key]:.2%}", timeout=15_000)
             expect(page).to_have_url(re.compile(r"intervention=zero"))
             page.screenshot(path=tmp_path / "neurons_zeroed.png", full_page=True)
+
+            # The scorecard as `precompute report --format html` writes it, opened as a file.
+            report = tmp_path / "report.html"
+            assert main(["report", str(explorer_run.path), "--format", "html", "--out", str(report)]) == 0
+            page.goto(report.as_uri())
+            expect(page.get_by_role("heading", name=scorecard.TITLE)).to_be_visible(timeout=10_000)
+            expect(page.locator("tbody tr")).to_have_count(len(scorecard.CLAIMS))
+            page.screenshot(path=tmp_path / "report.png", full_page=True)
             browser.close()
     finally:
         _stop(server)

@@ -6,6 +6,7 @@ that the live interventions show exactly the numbers the library computes.
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import sys
@@ -18,7 +19,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from memloc import attribution
+from memloc import attribution, scorecard
 from memloc.evaluate import POPULATIONS, accuracy_column, evaluate, predict
 from memloc.interventions import Rewind, ZeroUnits, intervene
 from memloc.runs import open_run
@@ -303,3 +304,54 @@ def test_compare_page_with_runs_picked_by_hand_and_a_sweep_without_summary(monke
     at = _app(monkeypatch, root, page="compare").run()
     assert not at.exception
     assert f"python -m precompute summarize {root / 'grid'}" in [c.value for c in at.code]
+
+
+def _findings(at: AppTest) -> dict[str, str]:
+    """Claim text -> the number the Findings page shows for it."""
+    texts = [m.value for m in at.markdown if "font-size:1.35rem" in m.value]
+    numbers = [m.value for m in at.markdown if "font-size:2.2rem" in m.value]
+    strip = lambda v: v.split(">", 1)[1].rsplit("</div>", 1)[0]  # noqa: E731
+    return {html.unescape(strip(t)): html.unescape(strip(n)) for t, n in zip(texts, numbers)}
+
+
+def test_findings_is_the_first_page_and_scores_the_selected_run(monkeypatch, explorer_run):
+    at = _app(monkeypatch, explorer_run.path.parent, run="smoke").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Findings: does the paper hold here?"
+    card = scorecard.scorecards(explorer_run.path)[0].card
+    shown = _findings(at)
+    assert shown == {row["text"]: scorecard.format_number(row) for _, row in card.iterrows()}
+    counts = {m.label: m.value for m in at.metric}
+    assert counts == {v: f"{(card['verdict'] == v).sum()} of {len(card)}" for v in scorecard.VERDICTS}
+    links = at.get("page_link")
+    assert len(links) == len(scorecard.CLAIMS)
+    assert not at.info  # every stage is there: nothing to add
+
+
+def test_findings_of_a_sweep_folds_the_seeds_and_picks_a_setting(monkeypatch, explorer_run):
+    at = _app(monkeypatch, explorer_run.path.parent, run="smoke", of="sweep:grid").run()
+    assert not at.exception, [e.value for e in at.exception]
+    sections = scorecard.scorecards(explorer_run.path.parent / "grid")
+    assert at.selectbox(key="findings_setting").options == [s.title for s in sections]
+    for section in sections:
+        at.selectbox(key="findings_setting").select(section.title).run()
+        assert _findings(at) == {row["text"]: scorecard.format_number(row) for _, row in section.card.iterrows()}
+        assert "(n=2)" in _findings(at)[scorecard.CLAIMS[0].text]
+        assert at.query_params["setting"] == section.title
+
+
+def test_findings_of_a_run_lacking_stages_says_not_measured_and_the_command(monkeypatch, smoke_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run.path, root / "smoke")
+    manifest = json.loads((root / "smoke" / "manifest.json").read_text())
+    for stage in ("flip", "dropout"):
+        manifest["stages"].pop(stage)
+    manifest["config"]["stages"] = ["train", "example_gradients", "rewind", "retrain"]
+    for name in [f for f in manifest["files"] if "flip" in f or "dropout" in f]:
+        del manifest["files"][name]  # as if the run had been made without those stages
+    (root / "smoke" / "manifest.json").write_text(json.dumps(manifest))
+    at = _app(monkeypatch, root).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label: m.value for m in at.metric}["not measured"] == "4 of 9"
+    assert "`flip`, `dropout`" in at.info[0].value
+    assert at.code[0].value == f"python -m precompute run --preset smoke --out {root / 'smoke'}"

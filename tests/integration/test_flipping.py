@@ -137,7 +137,7 @@ def test_flip_stage_tables_follow_the_contract(smoke_run, opened):
     table = smoke_run.read_table("flipping")
     assert list(table.columns) == [
         "example_id", "kind", "n_units", "flipped", "units", "new_prediction",
-        "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped",
+        "acc_clean_before", "acc_noisy_before", "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped",
         "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after", "random_acc_test_after",
     ]
     cfg = opened.config.flip
@@ -176,6 +176,11 @@ def test_collateral_accuracy_is_what_the_edit_gives(smoke_run, opened):
     assert row["acc_clean_after"] == pytest.approx(train_ok[~evals.train_noisy].double().mean().item())
     assert row["acc_noisy_after"] == pytest.approx(train_ok[evals.train_noisy].double().mean().item())
     assert row["acc_test_after"] == pytest.approx(test_ok.double().mean().item())
+    train_ok = predict(model, evals.train_x).argmax(1) == evals.train_labels  # the unedited model
+    test_ok = predict(model, evals.test_x).argmax(1) == evals.test_labels
+    assert table["acc_clean_before"].tolist() == pytest.approx([train_ok[~evals.train_noisy].double().mean().item()] * len(table))
+    assert table["acc_noisy_before"].tolist() == pytest.approx([train_ok[evals.train_noisy].double().mean().item()] * len(table))
+    assert table["acc_test_before"].tolist() == pytest.approx([test_ok.double().mean().item()] * len(table))
 
 
 def test_random_control_matches_the_flip_set_per_layer_and_is_seeded(opened):
