@@ -9,7 +9,7 @@ In one process:
    each and the ratio dropout / plain (also the median of the per-repeat ratios). The dropout
    model reads its masks from the training loop's mask table, built once per training: its
    build is timed apart and also spread over `--epochs` of a whole training. Defaults: the
-   `demo` preset's model and data (MLP 512-512 on the 1,437 training digits, batch 64).
+   `demo-mlp` preset's model and data (MLP 512-512 on the 1,437 training digits, batch 64; the `demo` preset until Dec 2026).
 2. Memory: for `--examples` examples (default 50,000: CIFAR-10) and ResNet-9 at `--mem-width`
    (default 1, 3x32x32 inputs), per dropout place the bytes of the authors' dense float32 table
    (N, C, H, W), of a per-channel bit table (N x C bits, the most a cache may hold), and what

@@ -11,7 +11,7 @@ In one process, on the same model and data:
    i.e. including the evaluation pass over the training and test examples that follows every
    training epoch there.
 2. Per-example norms: `memloc.example_gradients.example_gradient_norms` against the per-example
-   backward loop `reference_example_norms`, by default on the `demo` preset's model and data
+   backward loop `reference_example_norms`, by default on the `demo-mlp` preset's model and data
    (MLP 512-512 on the 1,437 training digits), with the largest relative difference.
 
     .venv/bin/python benchmarks/gradient_accounting.py --model resnet9 --width 0.25 --batch 512
@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or process CPU time (a busy shared machine)")
     p.add_argument("--skip-naive", action="store_true", help="time plain and fast accounting only")
-    p.add_argument("--per-example-preset", default="demo", help="preset whose model and data time the per-example norms")
+    p.add_argument("--per-example-preset", default="demo-mlp", help="preset whose model and data time the per-example norms")
     p.add_argument("--only", choices=("accounting", "per-example"), help="run one of the two benchmarks")
     args = p.parse_args()
     global clock

@@ -313,7 +313,7 @@ def scorecard(runs: Sequence[Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def format_number(row: Mapping) -> str:
+def format_number(row: Mapping, with_n: bool = True) -> str:
     """A row's number as it reads: `97%`, `97% ± 1.2% (n=5)`, `4.0 units`, `1.3 points lost`, `-0.31`, or "—"."""
     mean, std, unit = row["mean"], row["std"], row["unit"]
     if not math.isfinite(mean):
@@ -326,7 +326,7 @@ def format_number(row: Mapping) -> str:
 
     text = one(mean) + (f" ± {one(std, True)}" if math.isfinite(std) else "")
     text += {"units": " units", "points": " points lost"}.get(unit, "")
-    return text + (f" (n={row['n']})" if row["n"] > 1 else "")
+    return text + (f" (n={row['n']})" if with_n and row["n"] > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -338,6 +338,7 @@ class Section:
     runs: tuple[str, ...]  # the run directories it was measured on
     absent: tuple[str, ...] = ()  # stages a claim needs that (the first such) run lacks
     command: str = ""  # the command that adds them
+    left_out: tuple[str, ...] = ()  # points of the setting that could not be read, with why
 
     @property
     def missing(self) -> str:
@@ -363,10 +364,20 @@ def scorecards(path: str | os.PathLike) -> list[Section]:
         raise RunError(f"sweep {target.name} has no complete point yet; run the sweep (again) first")
     sections = []
     for setting, names in settings.items():
-        runs = [target.run(n) for n in names]
+        runs, numbers, left_out = [], [], []
+        for name in names:  # a damaged point is left out of its setting, and said so
+            try:
+                numbers.append(measure_run(target.run(name)))
+                runs.append(target.run(name))
+            except RunError as error:
+                left_out.append(f"{name} ({error})")
+        if not runs:
+            continue
         title = f"sweep {target.name}" + (f", {setting}" if kept else "") + f" ({len(runs)} seed{'s' * (len(runs) > 1)})"
-        sections.append(Section(title, scorecard([measure_run(r) for r in runs]), tuple(str(r.path) for r in runs),
-                                *_missing(runs)))
+        sections.append(Section(title, scorecard(numbers), tuple(str(r.path) for r in runs), *_missing(runs),
+                                left_out=tuple(left_out)))
+    if not sections:
+        raise RunError(f"sweep {target.name}: no point could be read ({'; '.join(left_out)})")
     return sections
 
 
@@ -401,6 +412,7 @@ def to_markdown(sections: Sequence[Section]) -> str:
         details = [f"- {row['claim']}: {row['detail']}" for _, row in section.card.iterrows() if row["detail"]]
         lines += ["", "What each rule found" + (" (first seed):" if len(section.runs) > 1 else ":"), "", *details]
         lines += ["", section.missing] if section.missing else []
+        lines += ["", f"Left out: {'; '.join(section.left_out)}"] if section.left_out else []
         lines.append("")
     return "\n".join(lines)
 
@@ -420,7 +432,8 @@ def to_html(sections: Sequence[Section]) -> str:
                 f"<td><small>{e(row['rule'])}</small></td></tr>")
         body.append(f"<h2>{e(section.title)}</h2>\n<table><thead><tr><th>claim</th><th>paper</th><th>here</th>"
                     f"<th>verdict</th><th>rule</th></tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
-                    + (f"\n<p>{e(section.missing)}</p>" if section.missing else ""))
+                    + (f"\n<p>{e(section.missing)}</p>" if section.missing else "")
+                    + (f"\n<p>Left out: {e('; '.join(section.left_out))}</p>" if section.left_out else ""))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>{e(TITLE)}</title>
 <style>

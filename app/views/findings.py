@@ -8,9 +8,10 @@ from app.cache import RunError, current_run, scorecards, selected_runs_root, swe
 from app.url import url_choice
 from memloc.scorecard import VERDICT_COLOURS, VERDICTS, format_number
 
-#: The page that shows each claim (a claim's `page` is the url_path of one of these).
-PAGE_FILES = {"overview": "views/overview.py", "gradients": "views/gradients.py", "rewinding": "views/rewinding.py",
-              "neurons": "views/neurons.py", "dropout": "views/dropout.py"}
+#: The page that shows each claim (a claim's `page` is the url_path of one of these): its file and title.
+PAGES = {"overview": ("views/overview.py", "Overview"), "gradients": ("views/gradients.py", "Gradient accounting"),
+         "rewinding": ("views/rewinding.py", "Layer rewinding"), "neurons": ("views/neurons.py", "Neurons"),
+         "dropout": ("views/dropout.py", "Example-tied dropout")}
 
 st.title("Findings: does the paper hold here?")
 st.markdown(
@@ -47,6 +48,8 @@ if len(sections) > 1:
 else:
     section = sections[0]
 card = section.card
+if section.left_out:
+    st.warning("Left out of this scorecard (unreadable): " + "; ".join(section.left_out))
 
 counts = card["verdict"].value_counts()
 cols = st.columns(len(VERDICTS))
@@ -65,12 +68,13 @@ for _, row in card.iterrows():
         left.caption(f"Rule: {row['rule']}." + (f" Paper: {row['paper']}." if row["paper"] else ""))
         if row["detail"]:
             left.caption(f"Found{' (first seed)' if row['n'] > 1 else ''}: {row['detail']}.")
-        middle.markdown(f"<div style='font-size:2.2rem;font-weight:700'>{html.escape(format_number(row))}</div>",
+        middle.markdown(f"<div style='font-size:2.2rem;font-weight:700'>{html.escape(format_number(row, with_n=False))}</div>",
                         unsafe_allow_html=True)
         right.markdown(f"<span style='background:{colour};color:#fff;padding:.3rem .7rem;border-radius:.4rem;"
                        f"font-size:1.3rem;font-weight:700'>{html.escape(row['verdict'])}</span>"
                        + (f"<div style='margin-top:.4rem'>holds{spread}</div>" if spread else ""), unsafe_allow_html=True)
-        right.page_link(PAGE_FILES[row["page"]], label=f"see it: {row['page']}", query_params={"run": first_run})
+        file, title = PAGES[row["page"]]
+        right.page_link(file, label=f"see it on {title}", query_params={"run": first_run})
 
 if section.absent:
     st.info(f"Not measured: the run lacks the stage{'s' * (len(section.absent) > 1)} `{'`, `'.join(section.absent)}`. "

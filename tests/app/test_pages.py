@@ -320,7 +320,7 @@ def test_findings_is_the_first_page_and_scores_the_selected_run(monkeypatch, exp
     assert at.title[0].value == "Findings: does the paper hold here?"
     card = scorecard.scorecards(explorer_run.path)[0].card
     shown = _findings(at)
-    assert shown == {row["text"]: scorecard.format_number(row) for _, row in card.iterrows()}
+    assert shown == {row["text"]: scorecard.format_number(row, with_n=False) for _, row in card.iterrows()}
     counts = {m.label: m.value for m in at.metric}
     assert counts == {v: f"{(card['verdict'] == v).sum()} of {len(card)}" for v in scorecard.VERDICTS}
     links = at.get("page_link")
@@ -335,8 +335,12 @@ def test_findings_of_a_sweep_folds_the_seeds_and_picks_a_setting(monkeypatch, ex
     assert at.selectbox(key="findings_setting").options == [s.title for s in sections]
     for section in sections:
         at.selectbox(key="findings_setting").select(section.title).run()
-        assert _findings(at) == {row["text"]: scorecard.format_number(row) for _, row in section.card.iterrows()}
-        assert "(n=2)" in _findings(at)[scorecard.CLAIMS[0].text]
+        assert _findings(at) == {row["text"]: scorecard.format_number(row, with_n=False) for _, row in section.card.iterrows()}
+        assert " ± " in _findings(at)[scorecard.CLAIMS[0].text]
+        badges = [m.value for m in at.markdown if "holds on" in m.value]  # under each verdict measured on both seeds
+        spread = section.card[section.card["n"] > 1]
+        assert len(badges) == len(spread) > 0
+        assert all(f"holds on {row['holds_on']} seeds" in badge for (_, row), badge in zip(spread.iterrows(), badges))
         assert at.query_params["setting"] == section.title
 
 

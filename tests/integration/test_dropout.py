@@ -92,7 +92,7 @@ def test_dropout_stage_needs_the_main_model(tmp_path):
 ])
 def test_bad_dropout_settings_are_config_errors(sets, fragment):
     with pytest.raises(ConfigError) as err:
-        overrides.resolve("demo", overrides=sets)
+        overrides.resolve("demo-mlp", overrides=sets)
     assert fragment in str(err.value)
 
 

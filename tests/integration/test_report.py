@@ -101,3 +101,13 @@ def test_report_in_an_unknown_format_is_refused_by_the_parser(smoke_run, capsys)
 def test_report_into_an_unwritable_place_is_one_line(smoke_run, tmp_path, capsys):
     assert main(["report", str(smoke_run.path), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out {tmp_path}: ")
+
+
+def test_a_damaged_point_is_left_out_of_its_setting_and_said_so(smoke_sweep, tmp_path, capsys):
+    sweep = tmp_path / "grid"
+    shutil.copytree(smoke_sweep.path, sweep)
+    (sweep / "seed=1,noise_frac=0.2" / "tables" / "training.parquet").write_bytes(b"not parquet")
+    assert main(["report", str(sweep)]) == 0
+    text = capsys.readouterr().out
+    assert "## sweep grid, noise_frac=0.2 (1 seed)" in text and "## sweep grid, noise_frac=0.1 (2 seeds)" in text
+    assert "Left out: seed=1,noise_frac=0.2 (" in text and "does not match the checksum" in text

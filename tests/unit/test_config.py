@@ -30,8 +30,8 @@ def test_every_preset_resolves_and_round_trips_through_json(preset):
 
 
 def test_overrides_are_typed_and_layered():
-    cfg = overrides.resolve("demo", {"train": {"epochs": 20}}, overrides=["train.lr=0.05", "data.name=fashion-mnist",
-                                                                 "model.name=resnet9", "model.options.width=0.25"])
+    cfg = overrides.resolve("demo-mlp", {"train": {"epochs": 20}}, overrides=["train.lr=0.05", "data.name=fashion-mnist",
+                                                                     "model.name=resnet9", "model.options.width=0.25"])
     assert cfg.train.epochs == 20 and cfg.train.lr == 0.05 and cfg.data.name == "fashion-mnist"
     assert dict(cfg.model.options) == {"width": 0.25}  # the preset's mlp options were replaced
     assert overrides.resolve("demo", overrides=["train.peak_epoch=3"]).train.peak_epoch == 3.0  # int accepted as float
@@ -69,7 +69,7 @@ def test_configs_are_immutable():
 )
 def test_bad_values_name_the_key_and_what_is_allowed(sets, fragment):
     with pytest.raises(ConfigError) as err:
-        overrides.resolve("demo", overrides=sets)
+        overrides.resolve("demo-mlp", overrides=sets)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
 
