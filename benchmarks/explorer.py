@@ -70,7 +70,7 @@ def main() -> None:
 
     print(f"run {run.path}, torch threads {args.threads}")
     print("first load (empty caches), seconds:")
-    for page in ("overview", "gradients", "rewinding", "retraining", "neurons", "examples", "example", "dropout"):
+    for page in ("findings", "overview", "gradients", "rewinding", "retraining", "neurons", "examples", "example", "dropout"):
         loads = []
         for _ in range(args.repeats):
             st.cache_data.clear()

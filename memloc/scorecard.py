@@ -89,10 +89,10 @@ def measure(tables: Mapping[str, pd.DataFrame], peak_epoch: float, unit_layers: 
         out["comparable_min"] = min(groups_of(out, "comparable").values())
         out["cosine_mean"] = float(np.mean(list(groups_of(out, "cosine").values())))
     rewound = groups_of(out, "rewound")
-    if rewound and "memorized" in out:  # `KEEPS` of the memorization or more: redundant; less: critical
-        out["redundant_share"] = float(np.mean([v >= KEEPS * out["memorized"] for v in rewound.values()]))
-        critical = [i for i, v in enumerate(rewound.values()) if v < KEEPS * out["memorized"]]
-        out["deepest_critical"] = (critical[-1] + 1) / len(rewound) if critical else math.nan
+    if rewound and "memorized" in out:
+        critical = critical_groups(out)
+        out["redundant_share"] = 1 - len(critical) / len(rewound)
+        out["deepest_critical"] = (list(rewound).index(critical[-1]) + 1) / len(rewound) if critical else math.nan
     if "flipping" in tables:
         flips = tables["flipping"]
         for kind in ("noisy", "clean"):
@@ -119,6 +119,12 @@ def measure(tables: Mapping[str, pd.DataFrame], peak_epoch: float, unit_layers: 
 def groups_of(numbers: Mapping[str, float], kind: str) -> dict[str, float]:
     """`{group: value}` of the numbers `kind.<group>` (rewound, retrained, comparable, cosine), in order."""
     return {k.split(".", 1)[1]: v for k, v in numbers.items() if k.startswith(f"{kind}.")}
+
+
+def critical_groups(numbers: Mapping[str, float]) -> list[str]:
+    """The groups that, rewound to epoch 0, keep less than `KEEPS` of the final memorization
+    (the others are redundant), in order."""
+    return [g for g, v in groups_of(numbers, "rewound").items() if v < KEEPS * numbers["memorized"]]
 
 
 # ---------------------------------------------------------------------- claims and their rules
@@ -190,7 +196,7 @@ def _not_last(n):
     if not rewound or not _have(n, "memorized"):
         return None
     groups = list(rewound)
-    critical = [g for g, v in rewound.items() if v < KEEPS * n["memorized"]]
+    critical = critical_groups(n)
     return [(f"some group is critical ({', '.join(critical) or 'none'})", bool(critical)),
             (f"the last group ({groups[-1]}) is not", bool(critical) and groups[-1] not in critical)]
 
@@ -336,6 +342,7 @@ class Section:
     title: str
     card: pd.DataFrame
     runs: tuple[str, ...]  # the run directories it was measured on
+    first: Mapping[str, float]  # the numbers of the first of them (`measure`)
     absent: tuple[str, ...] = ()  # stages a claim needs that (the first such) run lacks
     command: str = ""  # the command that adds them
     left_out: tuple[str, ...] = ()  # points of the setting that could not be read, with why
@@ -353,7 +360,8 @@ def scorecards(path: str | os.PathLike) -> list[Section]:
     target = Sweep(path)
     if not target.exists():
         run = Run(path)
-        return [Section(f"run {run.name}", scorecard([measure_run(run)]), (str(run.path),), *_missing([run]))]
+        numbers = measure_run(run)
+        return [Section(f"run {run.name}", scorecard([numbers]), (str(run.path),), numbers, *_missing([run]))]
     record = target.record()
     kept = [k for k in record["keys"] if k not in seed_axes(record["keys"])]
     settings: dict[str, list[str]] = {}
@@ -374,7 +382,7 @@ def scorecards(path: str | os.PathLike) -> list[Section]:
         if not runs:
             continue
         title = f"sweep {target.name}" + (f", {setting}" if kept else "") + f" ({len(runs)} seed{'s' * (len(runs) > 1)})"
-        sections.append(Section(title, scorecard(numbers), tuple(str(r.path) for r in runs), *_missing(runs),
+        sections.append(Section(title, scorecard(numbers), tuple(str(r.path) for r in runs), numbers[0], *_missing(runs),
                                 left_out=tuple(left_out)))
     if not sections:
         raise RunError(f"sweep {target.name}: no point could be read ({'; '.join(left_out)})")
@@ -450,5 +458,5 @@ small {{ color: #555; }}
 """
 
 
-__all__ = ["VERDICTS", "Claim", "CLAIMS", "COLUMNS", "measure", "measure_run", "groups_of", "judge", "scorecard", "format_number",
+__all__ = ["VERDICTS", "Claim", "CLAIMS", "COLUMNS", "measure", "measure_run", "groups_of", "critical_groups", "judge", "scorecard", "format_number",
            "TITLE", "to_markdown", "to_html", "VERDICT_COLOURS", "Section", "scorecards"]

@@ -5,8 +5,9 @@ import html
 import streamlit as st
 
 from app.cache import RunError, current_run, scorecards, selected_runs_root, sweep_in_root, sweep_names
-from app.url import url_choice
-from memloc.scorecard import VERDICT_COLOURS, VERDICTS, format_number
+from app.url import encode_interventions, url_choice
+from memloc.interventions import Rewind
+from memloc.scorecard import VERDICT_COLOURS, VERDICTS, critical_groups, format_number, groups_of
 
 #: The page that shows each claim (a claim's `page` is the url_path of one of these): its file and title.
 PAGES = {"overview": ("views/overview.py", "Overview"), "gradients": ("views/gradients.py", "Gradient accounting"),
@@ -58,6 +59,9 @@ for col, verdict in zip(cols, VERDICTS):
 st.caption(section.title + (f"; seeds: {', '.join(p.rsplit('/', 1)[-1] for p in section.runs)}" if len(section.runs) > 1 else ""))
 
 first_run = st.session_state["run_name"] if choice == "run" else f"{path.name}/{section.runs[0].rsplit('/', 1)[-1]}"
+critical = critical_groups(section.first) if groups_of(section.first, "rewound") else []
+#: Per page, the view a claim's link opens: the layer findings open with the critical groups rewound to epoch 0.
+views = {"rewinding": {"intervention": encode_interventions([Rewind(g, 0) for g in critical])} if critical else {}}
 for _, row in card.iterrows():
     with st.container(border=True):
         left, middle, right = st.columns([5, 2, 2], vertical_alignment="center")
@@ -74,7 +78,7 @@ for _, row in card.iterrows():
                        f"font-size:1.3rem;font-weight:700'>{html.escape(row['verdict'])}</span>"
                        + (f"<div style='margin-top:.4rem'>holds{spread}</div>" if spread else ""), unsafe_allow_html=True)
         file, title = PAGES[row["page"]]
-        right.page_link(file, label=f"see it on {title}", query_params={"run": first_run})
+        right.page_link(file, label=f"see it on {title}", query_params={"run": first_run, **views.get(row["page"], {})})
 
 if section.absent:
     st.info(f"Not measured: the run lacks the stage{'s' * (len(section.absent) > 1)} `{'`, `'.join(section.absent)}`. "

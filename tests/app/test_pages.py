@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import urllib.parse
 import shutil
 import sys
 from pathlib import Path
@@ -325,6 +326,10 @@ def test_findings_is_the_first_page_and_scores_the_selected_run(monkeypatch, exp
     assert counts == {v: f"{(card['verdict'] == v).sum()} of {len(card)}" for v in scorecard.VERDICTS}
     links = at.get("page_link")
     assert len(links) == len(scorecard.CLAIMS)
+    critical = scorecard.critical_groups(scorecard.measure_run(explorer_run))
+    rewinding = [urllib.parse.parse_qs(link.proto.query_string) for link in links if link.proto.label.endswith("Layer rewinding")]
+    assert len(rewinding) == 2 and critical  # the layer claims open the page with the critical groups rewound
+    assert all(q["intervention"] == ["+".join(f"rewind:{g}@0" for g in critical)] and q["run"] == ["smoke"] for q in rewinding)
     assert not at.info  # every stage is there: nothing to add
 
 
