@@ -125,8 +125,9 @@ def run_point(out: str, name: str, config: dict[str, Any], device: str, threads:
 
             threads = get_worker().state.nthreads
         torch.set_num_threads(max(1, threads))
+        trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")  # slows training down where set (see NANNY_ENVIRON)
         say(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} point {name} on {socket.gethostname()} (pid {os.getpid()}), "
-            f"device {device}, {torch.get_num_threads()} threads")
+            f"device {device}, {torch.get_num_threads()} threads" + (f", MALLOC_TRIM_THRESHOLD_={trim}" if trim else ""))
         try:
             from precompute.stages import execute
 
@@ -167,7 +168,7 @@ def run_sweep(grid: Grid, out: str, jobs: int = 1, backend: str = "loky", schedu
     points = points_of(grid)
     target = Sweep(out)
     with ExitStack() as stack:
-        parallel = _parallel(stack, jobs, backend, scheduler, device)  # a cluster that cannot work fails here
+        parallel = _parallel(stack, jobs, backend, scheduler, device, log)  # a cluster that cannot work fails here
         return _drive(points, grid, target, parallel, jobs, backend, scheduler, device, retry_failed, log)
 
 
@@ -231,16 +232,27 @@ def _drive(points: list[Point], grid: Grid, target: Sweep, parallel, jobs: int, 
     return 0
 
 
-def _parallel(stack: ExitStack, jobs: int, backend: str, scheduler: str | None, device: str):
+#: dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (to return pandas' memory to
+#: the system). Setting it at all turns off glibc's dynamic mmap threshold, so every large tensor a
+#: training step frees and allocates again is an mmap/munmap with fresh page faults: sweep points
+#: ran 1.6-1.8x slower than in a loky worker (BENCHMARKS.md, "Sweeps"). The local cluster's nanny
+#: leaves it unset; for `dask worker` the README's "On a cluster" says how.
+NANNY_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def _parallel(stack: ExitStack, jobs: int, backend: str, scheduler: str | None, device: str,
+              log: Callable[[str], None]):
     """A joblib `Parallel` that yields results as they finish, on loky or dask (the dask client
     and a local cluster live as long as `stack`)."""
     from joblib import Parallel, parallel_config
 
     if backend == "loky":
         return Parallel(n_jobs=jobs, backend="loky", batch_size=1, pre_dispatch="n_jobs", return_as="generator_unordered")
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is None:
+        stack.enter_context(dask.config.set(NANNY_ENVIRON))
         cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None))
         client = stack.enter_context(Client(cluster))
     else:
@@ -248,14 +260,21 @@ def _parallel(stack: ExitStack, jobs: int, backend: str, scheduler: str | None, 
             client = stack.enter_context(Client(scheduler, timeout="10s"))
         except OSError as e:
             raise RunError(f"--scheduler {scheduler}: cannot connect ({e}); start it with `dask scheduler`") from None
-        _check_cluster(client, scheduler)
+        _check_cluster(client, scheduler, log)
     extra = {"resources": {"GPU": 1}} if scheduler and device.startswith("cuda") else {}
     stack.enter_context(parallel_config(backend="dask", client=client, **extra))
     return Parallel(n_jobs=-1, batch_size=1, pre_dispatch="n_jobs", return_as="generator_unordered")
 
 
-def _check_cluster(client, scheduler: str) -> None:
-    """A scheduler or worker that cannot import memloc would leave the tasks hanging: say so."""
+def _environ(name: str) -> str | None:
+    """The variable `name` of the calling process (run on a worker: its environment, where
+    `os.environ.get` would be pickled with the driver's)."""
+    return os.environ.get(name)
+
+
+def _check_cluster(client, scheduler: str, log: Callable[[str], None]) -> None:
+    """A scheduler or worker that cannot import memloc would leave the tasks hanging: say so.
+    Workers that run with MALLOC_TRIM_THRESHOLD_ set (see `NANNY_ENVIRON`) work, slowly: say that too."""
     found = {"the scheduler": client.run_on_scheduler(importlib.util.find_spec, "precompute"),
              **client.run(importlib.util.find_spec, "precompute")}
     lacking = [where for where, spec in found.items() if spec is None]
@@ -264,6 +283,10 @@ def _check_cluster(client, scheduler: str) -> None:
                        "there too (`pip install .` in a clone) or start them with PYTHONPATH set to the clone")
     if not client.scheduler_info()["workers"]:
         raise RunError(f"--scheduler {scheduler}: no worker is connected; start some with `dask worker {scheduler}`")
+    trimmed = [w for w, value in client.run(_environ, "MALLOC_TRIM_THRESHOLD_").items() if value is not None]
+    if trimmed:
+        log(f"note: {len(trimmed)} worker(s) of {scheduler} run with MALLOC_TRIM_THRESHOLD_ set (dask's nanny does it), "
+            "which makes training up to 1.8x slower; README, 'On a cluster', says how to start them without it")
 
 
 def summarize(target: Sweep, log: Callable[[str], None] = print) -> None:

@@ -79,6 +79,8 @@ def test_sweep_through_a_local_dask_cluster(tmp_path):
                   "--out", str(out), "--backend", "dask", "--jobs", "2")
     assert result.returncode == 0, result.stderr
     assert Sweep(out).status_counts()["complete"] == 4
+    for point in POINTS:  # the local cluster's nanny leaves glibc's malloc as it is (NANNY_ENVIRON)
+        assert "MALLOC_TRIM_THRESHOLD_" not in Sweep(out).log_file(point).read_text().splitlines()[0]
 
 
 def test_sweep_through_a_real_scheduler_and_two_workers(tmp_path):
@@ -88,9 +90,12 @@ def test_sweep_through_a_real_scheduler_and_two_workers(tmp_path):
     dask = str(Path(sys.executable).with_name("dask"))
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    untrimmed = tmp_path / "dask-config"  # the README's worker config: the nanny leaves MALLOC_TRIM_THRESHOLD_ unset
+    untrimmed.mkdir()
+    (untrimmed / "memloc.yaml").write_text("distributed:\n  nanny:\n    pre-spawn-environ:\n      MALLOC_TRIM_THRESHOLD_: null\n")
     try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard"], env=env,
+        for config in ({}, {"DASK_CONFIG": str(untrimmed)}):  # one worker as dask starts it, one as the README says
+            procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard"], env={**env, **config},
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         from distributed import Client
 
@@ -98,11 +103,15 @@ def test_sweep_through_a_real_scheduler_and_two_workers(tmp_path):
             client.wait_for_workers(2, timeout=60)
         out = tmp_path / "cluster"
         grid = grid_from("smoke", ['stages=["train"]'], GRID, None)
-        assert run_sweep(grid, str(out), backend="dask", scheduler=address, log=_quiet) == 0
+        said = []
+        assert run_sweep(grid, str(out), backend="dask", scheduler=address, log=said.append) == 0
+        assert [line for line in said if line.startswith("note: 1 worker(s) of ")]  # the default one, and only it
         record = Sweep(out).record()
         assert [p["status"] for p in record["points"].values()] == ["complete"] * 4
-        pids = {Sweep(out).log_file(p).read_text().split("(pid ")[1].split(")")[0] for p in POINTS}
+        headers = [Sweep(out).log_file(p).read_text().splitlines()[0] for p in POINTS]
+        pids = {h.split("(pid ")[1].split(")")[0] for h in headers}
         assert len(pids) == 2  # both workers took points
+        assert {"MALLOC_TRIM_THRESHOLD_=65536" in h for h in headers} == {True, False}
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
