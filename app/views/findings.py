@@ -25,12 +25,14 @@ st.markdown(
 run = current_run()
 root = selected_runs_root()
 sweeps = sweep_names(root)
-options = ["run", *[f"sweep:{s}" for s in sweeps]]
+# The radio's options are its labels (stable: a run change keeps the choice); the URL holds run / sweep:NAME.
+labels = {"run": "this run", **{f"sweep:{s}": f"sweep {s} (seeds folded)" for s in sweeps}}
 in_sweep = st.session_state["run_name"].split("/")[0] if "/" in st.session_state["run_name"] else None
-url_choice("of", "findings_of", options, f"sweep:{in_sweep}" if f"sweep:{in_sweep}" in options else "run")
-choice = st.radio("Scorecard of", options, key="findings_of", horizontal=True,
-                  format_func=lambda o: f"this run ({st.session_state['run_name']})" if o == "run"
-                  else f"sweep {o.split(':', 1)[1]} (seeds folded)")
+wanted = st.query_params.get("of") or (f"sweep:{in_sweep}" if f"sweep:{in_sweep}" in labels else "run")
+if st.session_state.get("findings_of") not in labels.values():  # first visit (or its sweep is gone): from the URL
+    st.session_state["findings_of"] = labels.get(wanted, labels["run"])
+chosen = st.radio("Scorecard of", list(labels.values()), key="findings_of", horizontal=True)
+choice = next(key for key, label in labels.items() if label == chosen)
 st.query_params["of"] = choice
 path = run.path if choice == "run" else sweep_in_root(root, choice.split(":", 1)[1]).path
 

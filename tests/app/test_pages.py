@@ -76,7 +76,7 @@ def _evaluate(library, items):
 
 
 def test_overview_shows_curves_and_when_noisy_examples_were_memorized(monkeypatch, explorer_run):
-    at = _app(monkeypatch, explorer_run.path.parent).run()
+    at = _app(monkeypatch, explorer_run.path.parent, page="overview").run()
     assert not at.exception
     charts = at.get("vega_lite_chart")
     assert len(charts) == 2
@@ -250,7 +250,7 @@ def test_interventions_round_trip_through_the_url_form():
 def test_the_figure_download_is_an_svg_of_the_chart(monkeypatch, explorer_run):
     from app.charts import _svg
 
-    at = _app(monkeypatch, explorer_run.path.parent).run()
+    at = _app(monkeypatch, explorer_run.path.parent, page="overview").run()
     svg = _svg(at.get("vega_lite_chart")[0].proto.spec)
     assert svg.lstrip().startswith("<svg") and "Accuracy per epoch" in svg
 

@@ -63,9 +63,15 @@ def test_loky_sweep_makes_an_ordinary_run_per_point_and_records_them(smoke_sweep
     assert smoke_sweep.status_counts() == {"pending": 0, "running": 0, "complete": 4, "failed": 0}
     for name in POINTS:
         assert "stage dropout: complete" in smoke_sweep.log_file(name).read_text()
-    # The same code path as `precompute run`: a point equals the run made directly from its config.
-    direct = execute(overrides.resolve("smoke", overrides=["train.seed=1", "data.noise_frac=0.2"]), str(tmp_path / "d"),
-                     torch.device("cpu"), log=_quiet)
+    # The same code path as `precompute run`: a point equals the run made directly from its config,
+    # with the points' torch threads (cores / 2 jobs; float sums depend on the thread count).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    try:
+        direct = execute(overrides.resolve("smoke", overrides=["train.seed=1", "data.noise_frac=0.2"]), str(tmp_path / "d"),
+                         torch.device("cpu"), log=_quiet)
+    finally:
+        torch.set_num_threads(threads)
     point = smoke_sweep.run("seed=1,noise_frac=0.2")
     assert _same_tables(point, direct)
     assert all(torch.equal(point.read_checkpoint(3)[k], v) for k, v in direct.read_checkpoint(3).items())
