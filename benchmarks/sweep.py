@@ -7,7 +7,7 @@ process as the driver: loky with one job, loky with `--jobs` jobs (cores / jobs 
 each) and joblib's dask backend on a LocalCluster of `--jobs` single-thread workers. Prints the
 wall time of each and the ratios (loky N / loky 1: the speed-up of running points side by side;
 dask / loky N: the cost of dask), then the summary's numbers of the last sweep, mean ± std over
-the seeds, and per seed whether the paper's findings hold. The three sweeps must give the same
+the seeds, and the scorecard of the paper's claims (`precompute report`). The three sweeps must give the same
 tables (checked).
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memloc.scorecard import scorecards  # noqa: E402
 from memloc.store import Sweep  # noqa: E402
 from memloc.summary import metric_label  # noqa: E402
 from precompute.sweep import grid_from, run_sweep  # noqa: E402
@@ -60,16 +61,8 @@ def main() -> int:
     for metric in SHOWN:
         row = setting.loc[metric]
         print(f"  {metric_label(metric):<52} {row['mean']:8.4f} ± {row['std']:.4f}  (n={row['n']})")
-    points = summary[summary["scope"] == "point"].pivot(index="point", columns="metric", values="mean")
-    checks = {
-        "memorized >= 0.99 and test accuracy above 0.9": (points["memorized"] >= 0.99) & (points["test_acc"] > 0.9),
-        "noisy examples flip after fewer units than clean ones": points["noisy_units_mean"] < points["clean_units_mean"],
-        "random units flip (almost) no noisy example": points["noisy_random_flipped_share"] <= 0.05,
-        "drop mode forgets the noisy labels (<= 5% memorized)": points["drop_memorized"] <= 0.05,
-        "drop mode keeps clean accuracy above 0.9": points["drop_clean_acc"] > 0.9,
-    }
-    for claim, holds in checks.items():
-        print(f"  {claim}: holds on {int(holds.sum())} of {len(holds)} seeds")
+    for _, row in scorecards(sweeps[-1].path)[0].card.iterrows():  # the paper's claims, by memloc/scorecard.py's rules
+        print(f"  {row['claim']:<14} {row['verdict']:<14} holds on {row['holds_on']} seeds")
     print(f"sweeps in {base}")
     return 0
 

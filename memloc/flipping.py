@@ -357,8 +357,8 @@ def select_targets(
 #: Columns of the `flipping` table (one row per target), see `flip_table`.
 COLUMNS = [
     "example_id", "kind", "n_units", "flipped", "units", "new_prediction", "acc_clean_before", "acc_noisy_before",
-    "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped", "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after",
-    "random_acc_test_after",
+    "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped", "random_new_prediction",
+    "random_acc_clean_after", "random_acc_noisy_after", "random_acc_test_after",
 ]
 #: Columns of the `flip_units` table (one row per unit of some flip set), see `unit_table`.
 UNIT_COLUMNS = ["unit", "layer", "layer_index", "n_examples", "n_noisy", "n_clean"]

@@ -13,8 +13,8 @@ numbers and the verdict follows from how many hold:
 - **not measured**: the run lacks a stage (or a column) the rule reads.
 
 Over several runs that differ only in their seed (`scorecard(numbers_per_seed)`), each run gets its
-own verdict; the claim holds if it holds on every seed, does not hold if it does not hold on any,
-and otherwise holds partly ("on 3 of 5 seeds"); its number is the mean, standard deviation and n
+own verdict; the claim holds if it holds on every seed, does not hold if its verdict is *does not
+hold* on every seed, and otherwise holds partly ("holds on 3 of 5 seeds"); its number is the mean, standard deviation and n
 over the seeds. The thresholds are the module's constants, so a reader can see (and change) what
 "few", "little" and "most" mean here.
 """

@@ -48,10 +48,10 @@ COLUMNS = ["scope", "point", "metric", "mean", "std", "n"]
 TABLES = ("training", "gradients", "rewinding", "retraining", "flipping", "dropout")
 
 
-def run_tables(run: Run, names: Sequence[str] = TABLES) -> dict[str, pd.DataFrame]:
-    """The run's tables among `names` that it has, by name."""
+def run_tables(run: Run) -> dict[str, pd.DataFrame]:
+    """The run's tables among `TABLES` that it has, by name."""
     have = set(run.tables())
-    return {name: run.read_table(name) for name in names if name in have}
+    return {name: run.read_table(name) for name in TABLES if name in have}
 
 
 def key_numbers(run: Run) -> dict[str, float]:

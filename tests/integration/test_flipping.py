@@ -136,9 +136,9 @@ def test_recorded_units_really_flip_each_example(smoke_run, opened):
 def test_flip_stage_tables_follow_the_contract(smoke_run, opened):
     table = smoke_run.read_table("flipping")
     assert list(table.columns) == [
-        "example_id", "kind", "n_units", "flipped", "units", "new_prediction",
-        "acc_clean_before", "acc_noisy_before", "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped",
-        "random_new_prediction", "random_acc_clean_after", "random_acc_noisy_after", "random_acc_test_after",
+        "example_id", "kind", "n_units", "flipped", "units", "new_prediction", "acc_clean_before", "acc_noisy_before",
+        "acc_test_before", "acc_clean_after", "acc_noisy_after", "acc_test_after", "random_flipped", "random_new_prediction",
+        "random_acc_clean_after", "random_acc_noisy_after", "random_acc_test_after",
     ]
     cfg = opened.config.flip
     noisy = opened.labels.is_noisy.numpy()
