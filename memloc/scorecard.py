@@ -140,6 +140,7 @@ class Claim:
     paper: str  # the paper's number (CIFAR-10 ResNet-9) where it gives one
     rule: str  # the rule, as the row prints it
     number: str  # the key of `measure` shown as the claim's number
+    reads: str  # what that number is, in a few words
     unit: str  # how the number reads: "%", "points" (of accuracy lost), "units" or "" (a plain number)
     stages: tuple[str, ...]  # the stages that make its tables
     page: str  # the explorer page that shows it (its url_path)
@@ -240,36 +241,36 @@ def _dropout(n):
 CLAIMS: tuple[Claim, ...] = (
     Claim("memorized", "The model fits (nearly) all noisy labels while its test accuracy stays up.", "~100% fitted",
           f"memorization >= {MEMORIZED:.0%}; final test accuracy within {TEST_KEPT * 100:.0f} points of the best epoch's",
-          "memorized", "%", ("train",), "overview", _memorized),
+          "memorized", "of the noisy labels fitted", "%", ("train",), "overview", _memorized),
     Claim("gradient_norm", "The noisy 10% carry a gradient norm of the same order as the clean 90% for a long part "
           "of training, in all layer groups.", "",
           f"in every group, the noisy norm >= {COMPARABLE:g} x the clean norm in >= {LONG_PART:.0%} of the epochs",
-          "comparable_min", "%", ("train",), "gradients", _comparable),
+          "comparable_min", "of the epochs, in the group with fewest", "%", ("train",), "gradients", _comparable),
     Claim("cosine", "Clean and noisy gradients point in opposing directions (negative cosine).", "",
           "the clean/noisy cosine, averaged over the epochs, is negative in every group",
-          "cosine_mean", "", ("train",), "gradients", _cosine),
+          "cosine_mean", "mean cosine over groups and epochs", "", ("train",), "gradients", _cosine),
     Claim("redundant", "Most layer groups are redundant for memorization: rewinding one to epoch 0, or retraining "
           "it on clean examples, leaves the memorization in place.", "",
           f"more than half the groups keep >= {KEEPS:.0%} of the memorization, when rewound and when retrained",
-          "redundant_share", "%", ("rewind", "retrain"), "rewinding", _redundant),
+          "redundant_share", "of the groups redundant when rewound", "%", ("rewind", "retrain"), "rewinding", _redundant),
     Claim("not_last", "The groups whose rewinding destroys memorization are not the last ones.", "",
           f"some group is critical (rewound to epoch 0 it keeps < {KEEPS:.0%} of the memorization), "
-          "and the last group is not", "deepest_critical", "%", ("rewind",), "rewinding", _not_last),
+          "and the last group is not", "deepest_critical", "depth of the deepest critical group", "%", ("rewind",), "rewinding", _not_last),
     Claim("few_units", "Memorized examples flip after a few units, fewer than clean examples need.", "about 5 units",
           f"median units to flip a noisy example <= {FEW_UNITS}, and below the clean examples' median",
-          "noisy_units_median_all", "units", ("flip",), "neurons", _few_units),
+          "noisy_units_median_all", "to flip a memorized example (median)", "units", ("flip",), "neurons", _few_units),
     Claim("cheap_edit", "Zeroing a memorized example's units costs little accuracy on other examples, and as many "
           "random units do not flip it.", "",
           f"mean drop of clean training and test accuracy <= {LITTLE * 100:.0f} points; random units flip <= {RANDOM_FLIPS:.0%}",
-          "noisy_edit_test_drop", "points", ("flip",), "neurons", _cheap_edit),
+          "noisy_edit_test_drop", "of test accuracy per edit (mean)", "points", ("flip",), "neurons", _cheap_edit),
     Claim("spread", "The units that hold a memorized example lie in several layers, not only the last.", "",
           f">= {OUTSIDE_LAST:.0%} of the noisy examples' flip units lie outside the last unit layer",
-          "noisy_outside_last", "%", ("flip",), "neurons", _spread),
+          "noisy_outside_last", "of the flip units outside the last unit layer", "%", ("flip",), "neurons", _spread),
     Claim("dropout", "Example-tied dropout's drop mode removes memorization while clean accuracy stays and the "
           "generalization gap shrinks.", "100% -> 3% memorized",
           f"drop mode: memorized <= {DROP_LEFT:.0%}; clean accuracy within {CLEAN_KEPT * 100:.0f} points of test mode; "
           "a smaller clean-train minus test gap than the plain model's",
-          "drop_memorized", "%", ("dropout",), "dropout", _dropout),
+          "drop_memorized", "memorized in drop mode", "%", ("dropout",), "dropout", _dropout),
 )
 
 
@@ -293,7 +294,8 @@ def measure_run(run: Run) -> dict[str, float]:
 
 
 #: Columns of a scorecard table.
-COLUMNS = ["claim", "text", "paper", "verdict", "mean", "std", "n", "unit", "holds_on", "detail", "rule", "stages", "page"]
+COLUMNS = ["claim", "text", "paper", "verdict", "mean", "std", "n", "unit", "reads", "holds_on", "detail", "rule", "stages",
+           "page"]
 
 
 def scorecard(runs: Sequence[Mapping[str, float]]) -> pd.DataFrame:
@@ -312,6 +314,7 @@ def scorecard(runs: Sequence[Mapping[str, float]]) -> pd.DataFrame:
             "claim": claim.key, "text": claim.text, "paper": claim.paper, "verdict": verdict,
             "mean": float(values.mean()) if len(values) else math.nan,
             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan, "n": len(values), "unit": claim.unit,
+            "reads": claim.reads,
             "holds_on": f"{sum(v == 'holds' for v, _, _ in measured)} of {len(measured)}" if measured else "",
             "detail": measured[0][2] if measured else "", "rule": claim.rule, "stages": list(claim.stages),
             "page": claim.page,
@@ -416,7 +419,8 @@ def to_markdown(sections: Sequence[Section]) -> str:
         lines += [f"## {section.title}", "", "| claim | paper | here | verdict | rule |", "|---|---|---|---|---|"]
         for _, row in section.card.iterrows():
             verdict = f"**{row['verdict']}**" + (f" (holds on {row['holds_on']} seeds)" if row["n"] > 1 else "")
-            lines.append(f"| {row['text']} | {row['paper'] or '—'} | {format_number(row)} | {verdict} | {row['rule']} |")
+            here = format_number(row) + (f" {row['reads']}" if math.isfinite(row["mean"]) else "")
+            lines.append(f"| {row['text']} | {row['paper'] or '—'} | {here} | {verdict} | {row['rule']} |")
         details = [f"- {row['claim']}: {row['detail']}" for _, row in section.card.iterrows() if row["detail"]]
         lines += ["", "What each rule found" + (" (first seed):" if len(section.runs) > 1 else ":"), "", *details]
         lines += ["", section.missing] if section.missing else []
@@ -435,7 +439,7 @@ def to_html(sections: Sequence[Section]) -> str:
             seeds = f"<br><small>holds on {e(row['holds_on'])} seeds</small>" if row["n"] > 1 else ""
             rows.append(
                 f"<tr><td>{e(row['text'])}<br><small>{e(row['detail'])}</small></td><td>{e(row['paper'] or '—')}</td>"
-                f"<td class=num>{e(format_number(row))}</td><td><span class=verdict "
+                f"<td><span class=num>{e(format_number(row))}</span><br><small>{e(row['reads'])}</small></td><td><span class=verdict "
                 f"style='background:{VERDICT_COLOURS[row['verdict']]}'>{e(row['verdict'])}</span>{seeds}</td>"
                 f"<td><small>{e(row['rule'])}</small></td></tr>")
         body.append(f"<h2>{e(section.title)}</h2>\n<table><thead><tr><th>claim</th><th>paper</th><th>here</th>"
@@ -448,7 +452,7 @@ def to_html(sections: Sequence[Section]) -> str:
 body {{ font: 18px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ border-bottom: 1px solid #ccc; padding: .5em; text-align: left; vertical-align: top; }}
-td.num {{ font-size: 1.4em; font-weight: 600; white-space: nowrap; }}
+.num {{ font-size: 1.4em; font-weight: 600; white-space: nowrap; }}
 .verdict {{ color: #fff; padding: .15em .5em; border-radius: .3em; font-weight: 600; white-space: nowrap; }}
 small {{ color: #555; }}
 </style></head><body>

@@ -58,7 +58,8 @@ counts = card["verdict"].value_counts()
 cols = st.columns(len(VERDICTS))
 for col, verdict in zip(cols, VERDICTS):
     col.metric(verdict, f"{counts.get(verdict, 0)} of {len(card)}")
-st.caption(section.title + (f"; seeds: {', '.join(p.rsplit('/', 1)[-1] for p in section.runs)}" if len(section.runs) > 1 else ""))
+st.caption(f"run {st.session_state['run_name']}" if choice == "run"
+           else section.title + f"; seeds: {', '.join(p.rsplit('/', 1)[-1] for p in section.runs)}")
 
 first_run = st.session_state["run_name"] if choice == "run" else f"{path.name}/{section.runs[0].rsplit('/', 1)[-1]}"
 critical = critical_groups(section.first) if groups_of(section.first, "rewound") else []
@@ -76,6 +77,7 @@ for _, row in card.iterrows():
             left.caption(f"Found{' (first seed)' if row['n'] > 1 else ''}: {row['detail']}.")
         middle.markdown(f"<div style='font-size:2.2rem;font-weight:700'>{html.escape(format_number(row, with_n=False))}</div>",
                         unsafe_allow_html=True)
+        middle.caption(row["reads"])
         right.markdown(f"<span style='background:{colour};color:#fff;padding:.3rem .7rem;border-radius:.4rem;"
                        f"font-size:1.3rem;font-weight:700'>{html.escape(row['verdict'])}</span>"
                        + (f"<div style='margin-top:.4rem'>holds{spread}</div>" if spread else ""), unsafe_allow_html=True)

@@ -43,7 +43,7 @@ def test_report_of_a_run_in_markdown_has_a_row_per_claim_with_the_runs_numbers(s
     assert len(rows) == len(scorecard.CLAIMS)
     memorized = smoke_run.read_table("training").iloc[-1]["noisy_acc"]
     first = rows[0].split(" | ")
-    assert first[0] == f"| {scorecard.CLAIMS[0].text}" and first[2] == f"{memorized:.0%}"
+    assert first[0] == f"| {scorecard.CLAIMS[0].text}" and first[2] == f"{memorized:.0%} {scorecard.CLAIMS[0].reads}"
     assert first[3] in {f"**{v}**" for v in scorecard.VERDICTS}
     assert "not measured" not in text  # the smoke run has every stage
 
@@ -61,7 +61,7 @@ def test_report_of_a_sweep_folds_the_seeds_per_setting_in_html(smoke_sweep, tmp_
         row = section.card.set_index("claim").loc["memorized"]
         assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean(values))
         assert row["std"] == pytest.approx(np.std(values, ddof=1))
-        assert scorecard.format_number(row) in page.cells
+        assert scorecard.format_number(row) + row["reads"] in page.cells
 
 
 def test_report_says_what_is_not_measured_and_the_command_that_measures_it(smoke_run, tmp_path, capsys):
