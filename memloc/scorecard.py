@@ -81,7 +81,7 @@ def measure(tables: Mapping[str, pd.DataFrame], peak_epoch: float, unit_layers: 
     if "training" in tables:
         train = tables["training"]
         out["test_acc_best"] = float(train.loc[train["epoch"] > 0, "test_acc"].max())
-    if "gradients" in tables:
+    if "gradients" in tables and (tables["gradients"]["noisy_norm"] > 0).any():  # a run without noisy examples has none
         grads = tables["gradients"].sort_values(["group_index", "epoch"])
         for group, rows in grads.groupby("group", sort=False):
             out[f"comparable.{group}"] = float((rows["noisy_norm"] >= COMPARABLE * rows["clean_norm"]).mean())

@@ -49,7 +49,9 @@ def rewind_stage(ctx: StageContext) -> dict[str, Any]:
     table = concat(tables, COLUMNS).sort_values(["group_index", "epoch"], ignore_index=True)
     table["include_buffers"] = table["include_buffers"].astype(bool)
     state.finish({"rewinding": table, "rewinding_examples": concat(examples, EXAMPLE_COLUMNS)})
-    at = table[table["epoch"] == example_epoch]
+    at = table[table["epoch"] == example_epoch].dropna(subset="noisy_acc")
+    if at.empty:  # no noisy example (data.noise_frac = 0): no memorization to lose
+        return {"cells": len(table), f"epoch{example_epoch}_min_noisy_acc": None, "most_critical_group": None}
     critical = at.loc[at["noisy_acc"].idxmin()]
     return {"cells": len(table), f"epoch{example_epoch}_min_noisy_acc": round(float(critical["noisy_acc"]), 4),
             "most_critical_group": str(critical["group"])}

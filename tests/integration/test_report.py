@@ -111,3 +111,13 @@ def test_a_damaged_point_is_left_out_of_its_setting_and_said_so(smoke_sweep, tmp
     text = capsys.readouterr().out
     assert "## sweep grid, noise_frac=0.2 (1 seed)" in text and "## sweep grid, noise_frac=0.1 (2 seeds)" in text
     assert "Left out: seed=1,noise_frac=0.2 (" in text and "does not match the checksum" in text
+
+
+def test_a_run_without_label_noise_goes_through_every_stage_and_measures_no_claim(tmp_path, capsys):
+    """Natural memorization is studied without injected noise: every stage runs, and the claims
+    about noisy examples say "not measured" rather than a verdict on nothing."""
+    run = tmp_path / "clean"
+    assert main(["run", "--preset", "smoke", "--set", "data.noise_frac=0.0", "--out", str(run)]) == 0
+    assert all(Run(run).is_complete(stage) for stage in Run(run).manifest()["config"]["stages"])
+    card = scorecard.scorecards(run)[0].card
+    assert set(card["verdict"]) == {"not measured"}

@@ -139,6 +139,19 @@ def test_a_missing_table_is_not_measured(drop, keys):
         assert (sc.judge(claim, numbers)[0] == "not measured") == (claim.key in keys), claim.key
 
 
+def test_a_run_without_noisy_examples_measures_no_claim_about_them():
+    tables = paper_like()
+    tables["gradients"]["noisy_norm"] = 0.0
+    tables["gradients"]["cosine"] = math.nan
+    tables["training"]["noisy_acc"] = math.nan
+    for table in ("rewinding", "retraining", "dropout"):
+        tables[table]["noisy_acc"] = math.nan
+    tables["flipping"] = tables["flipping"][tables["flipping"]["kind"] == "clean"]
+    numbers = sc.measure(tables, 1.0, UNIT_LAYERS)
+    for claim in sc.CLAIMS:
+        assert sc.judge(claim, numbers)[0] == "not measured", claim.key
+
+
 def test_over_seeds_a_claim_holds_on_all_partly_on_some():
     good, bad = sc.measure(paper_like(), 1.0, UNIT_LAYERS), sc.measure(edited("dropout", "noisy_acc", None, 1.0), 1.0, UNIT_LAYERS)
     card = sc.scorecard([good, good, bad]).set_index("claim")
