@@ -31,7 +31,8 @@ in_sweep = st.session_state["run_name"].split("/")[0] if "/" in st.session_state
 wanted = st.query_params.get("of") or (f"sweep:{in_sweep}" if f"sweep:{in_sweep}" in labels else "run")
 if st.session_state.get("findings_of") not in labels.values():  # first visit (or its sweep is gone): from the URL
     st.session_state["findings_of"] = labels.get(wanted, labels["run"])
-chosen = st.radio("Scorecard of", list(labels.values()), key="findings_of", horizontal=True)
+chosen = (st.radio("Scorecard of", list(labels.values()), key="findings_of", horizontal=True) if sweeps
+          else labels["run"])  # nothing to choose without a sweep
 choice = next(key for key, label in labels.items() if label == chosen)
 st.query_params["of"] = choice
 path = run.path if choice == "run" else sweep_in_root(root, choice.split(":", 1)[1]).path

@@ -362,5 +362,6 @@ def test_findings_of_a_run_lacking_stages_says_not_measured_and_the_command(monk
     at = _app(monkeypatch, root).run()
     assert not at.exception, [e.value for e in at.exception]
     assert {m.label: m.value for m in at.metric}["not measured"] == "4 of 9"
+    assert not [r for r in at.radio if r.key == "findings_of"]  # no sweep under the root: nothing to choose
     assert "`flip`, `dropout`" in at.info[0].value
     assert at.code[0].value == f"python -m precompute run --preset smoke --out {root / 'smoke'}"
