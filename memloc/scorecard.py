@@ -123,7 +123,9 @@ def groups_of(numbers: Mapping[str, float], kind: str) -> dict[str, float]:
 
 def critical_groups(numbers: Mapping[str, float]) -> list[str]:
     """The groups that, rewound to epoch 0, keep less than `KEEPS` of the final memorization
-    (the others are redundant), in order."""
+    (the others are redundant), in order; none where the run has no memorization to lose."""
+    if not _have(numbers, "memorized"):
+        return []
     return [g for g, v in groups_of(numbers, "rewound").items() if v < KEEPS * numbers["memorized"]]
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 from app.cache import RunError, current_run, scorecards, selected_runs_root, sweep_in_root, sweep_names
 from app.url import encode_interventions, url_choice
 from memloc.interventions import Rewind
-from memloc.scorecard import VERDICT_COLOURS, VERDICTS, critical_groups, format_number, groups_of
+from memloc.scorecard import VERDICT_COLOURS, VERDICTS, critical_groups, format_number
 
 #: The page that shows each claim (a claim's `page` is the url_path of one of these): its file and title.
 PAGES = {"overview": ("views/overview.py", "Overview"), "gradients": ("views/gradients.py", "Gradient accounting"),
@@ -63,7 +63,7 @@ st.caption(f"run {st.session_state['run_name']}" if choice == "run"
            else section.title + f"; seeds: {', '.join(p.rsplit('/', 1)[-1] for p in section.runs)}")
 
 first_run = st.session_state["run_name"] if choice == "run" else f"{path.name}/{section.runs[0].rsplit('/', 1)[-1]}"
-critical = critical_groups(section.first) if groups_of(section.first, "rewound") else []
+critical = critical_groups(section.first)
 #: Per page, the view a claim's link opens: the layer findings open with the critical groups rewound to epoch 0.
 views = {"rewinding": {"intervention": encode_interventions([Rewind(g, 0) for g in critical])} if critical else {}}
 for _, row in card.iterrows():
