@@ -28,13 +28,13 @@ from torch import nn
 from app.url import decode_interventions, encode_interventions
 from memloc import scorecard
 from memloc.attribution import attribute, layers_for, methods_for
-from memloc.config import STAGE_TABLES
+from memloc.config import TABLE_STAGE
 from memloc.data import DataError
 from memloc.interventions import Intervention, ZeroUnits, intervene, unit_count
 from memloc.live import live_evaluation
 from memloc.overrides import command_for
 from memloc.runs import OpenRun, open_run
-from memloc.store import (MANIFEST, SWEEP, Run, RunError, Sweep, checkpoints_of, list_runs, list_sweeps, runs_root,
+from memloc.store import (Problem, Run, RunError, Sweep, checkpoints_of, inside, list_runs, list_sweeps, runs_root,
                           tables_of)
 from memloc.summary import key_numbers
 from models.example_tied_dropout import dropout_mode
@@ -47,7 +47,6 @@ MODEL_CHOICES = {
     "drop": (("dropout", "drop"), "dropout model, drop mode (memorization units off)"),
 }
 #: The stage that writes each table (for the "how to add it" message).
-TABLE_STAGE = {table: stage for stage, tables in STAGE_TABLES.items() for table in tables}
 
 
 # ---------------------------------------------------------------------- runs root and selected run
@@ -76,14 +75,15 @@ def run_names(root: Path) -> list[str]:
 
 
 def run_in_root(root: Path, name: str) -> Run | None:
-    """The run called `name` under `root` (`run` or `sweep/point`); None for names that would
-    leave the root or do not name a run there."""
-    base = root.resolve()
-    candidate = (root / name).resolve()
-    inside_sweep = candidate.parent.parent == base and (candidate.parent / SWEEP).is_file()
-    if not (candidate.parent == base or inside_sweep) or not (candidate / MANIFEST).is_file():
-        return None
-    return Run(candidate)
+    """The run called `name` under `root` (`run` or `sweep/point`) by the rule that lists them
+    (`memloc.store.inside`); None for names that would leave the root or do not name a run there."""
+    parts = name.split("/")
+    if len(parts) == 2:
+        target = sweep_in_root(root, parts[0])
+        run = Run(target.path / parts[1]) if target else None
+        return run if run and run.exists() and inside(run.path, target.path) else None
+    run = Run(root / name)
+    return run if len(parts) == 1 and run.exists() and inside(run.path, root) else None
 
 
 def sweep_names(root: Path) -> list[str]:
@@ -92,18 +92,16 @@ def sweep_names(root: Path) -> list[str]:
 
 def sweep_in_root(root: Path, name: str) -> Sweep | None:
     """The sweep called `name` directly under `root`; None for names that would leave the root."""
-    candidate = (root / name).resolve()
-    if candidate.parent != root.resolve() or not (candidate / SWEEP).is_file():
-        return None
-    return Sweep(candidate)
+    target = Sweep(root / name)
+    return target if "/" not in name and target.exists() and inside(target.path, root) else None
 
 
-def _sweep_stamp(target: Sweep) -> float:
-    return (target.path / SWEEP).stat().st_mtime
+def _sweep_stamp(target: Sweep) -> tuple[int, ...]:
+    return target.stamp()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _sweep_record(path: str, stamp: float) -> dict:
+def _sweep_record(path: str, stamp: tuple[int, ...]) -> dict:
     return Sweep(path).record()
 
 
@@ -113,7 +111,7 @@ def sweep_record(target: Sweep) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _sweep_summary(path: str, stamp: float) -> pd.DataFrame:
+def _sweep_summary(path: str, stamp: tuple[int, ...]) -> pd.DataFrame:
     return Sweep(path).read_summary()
 
 
@@ -123,7 +121,7 @@ def sweep_summary(target: Sweep) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _numbers(path: str, stamp: float) -> dict[str, float]:
+def _numbers(path: str, stamp: tuple[int, ...]) -> dict[str, float]:
     return key_numbers(Run(path))
 
 
@@ -133,15 +131,15 @@ def run_numbers(run: Run) -> dict[str, float]:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _scorecards(path: str, stamp: tuple[float, ...]) -> list[scorecard.Section]:
+def _scorecards(path: str, stamp: tuple[int, ...]) -> list[scorecard.Section]:
     return scorecard.scorecards(path)
 
 
 def scorecards(path: Path) -> list[scorecard.Section]:
     """`memloc.scorecard.scorecards` of a run or sweep directory, cached until it or a point changes."""
     target = Sweep(path)
-    files = [path / SWEEP, *(run.path / MANIFEST for run in target.runs())] if target.exists() else [path / MANIFEST]
-    return _scorecards(str(path), tuple(f.stat().st_mtime if f.exists() else 0.0 for f in files))
+    stamp = (*target.stamp(), *(s for run in target.runs() for s in run.stamp())) if target.exists() else Run(path).stamp()
+    return _scorecards(str(path), stamp)
 
 
 def current_run() -> Run | None:
@@ -150,16 +148,38 @@ def current_run() -> Run | None:
     return run_in_root(selected_runs_root(), name) if name else None
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _problems(path: str, stamp: tuple[int, ...]) -> list[Problem]:
+    return Run(path).verify(checksums=False)
+
+
+def run_problems(run: Run) -> list[Problem]:
+    """What `Run.verify` finds wrong with the run's files (sizes, not checksums: a changed file
+    of the same size is refused when it is read), cached until the run changes."""
+    return _problems(str(run.path), _stamp(run))
+
+
+def damage_note(run: Run) -> str | None:
+    """A line for the audience and the speaker when the run is damaged (None when it is not)."""
+    problems = run_problems(run)
+    if not problems:
+        return None
+    shown = "; ".join(f"`{p.rel}` {p.what}" for p in problems[:3])
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return (f"Run **{run.name}** is damaged: {shown}{more}. What needs these files cannot be shown. "
+            f"Recreate them with `{run.heal_command()}`.")
+
+
 def show_run_error(run: Run, error: Exception) -> None:
     st.error(f"Run **{run.name}** cannot be shown: {error}")
 
 
-def _stamp(run: Run) -> float:
-    return (run.path / MANIFEST).stat().st_mtime
+def _stamp(run: Run) -> tuple[int, ...]:
+    return run.stamp()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _manifest(path: str, stamp: float) -> dict:
+def _manifest(path: str, stamp: tuple[int, ...]) -> dict:
     return Run(path).manifest()
 
 
@@ -180,7 +200,7 @@ def page_run() -> tuple[Run, dict]:
 
 # ---------------------------------------------------------------------- tables
 @st.cache_data(show_spinner=False, max_entries=64)
-def _table(path: str, name: str, stamp: float) -> pd.DataFrame:
+def _table(path: str, name: str, stamp: tuple[int, ...]) -> pd.DataFrame:
     return Run(path).read_table(name)
 
 
@@ -214,7 +234,7 @@ def require_tables(run: Run, info: dict, *names: str) -> dict[str, pd.DataFrame]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _labels(path: str, stamp: float) -> dict[str, np.ndarray]:
+def _labels(path: str, stamp: tuple[int, ...]) -> dict[str, np.ndarray]:
     return Run(path).read_labels()
 
 
@@ -225,7 +245,7 @@ def run_labels(run: Run) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------- models
 @st.cache_resource(show_spinner="Loading the run's data ...", max_entries=4)
-def _opened(path: str, stamp: float) -> OpenRun:
+def _opened(path: str, stamp: tuple[int, ...]) -> OpenRun:
     return open_run(Run(path), "cpu")
 
 
@@ -240,7 +260,7 @@ def opened(run: Run) -> OpenRun:
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=16)
-def _model(path: str, stamp: float, epoch: int | None, variant: str) -> tuple[nn.Module, threading.Lock]:
+def _model(path: str, stamp: tuple[int, ...], epoch: int | None, variant: str) -> tuple[nn.Module, threading.Lock]:
     model = _opened(path, stamp).model(epoch, variant=variant)
     for p in model.parameters():  # attributions need input gradients only, never weight gradients
         p.requires_grad_(False)
@@ -288,7 +308,7 @@ def chosen_model(run: Run, choice: str = "plain") -> Iterator[nn.Module]:
 
 # ---------------------------------------------------------------------- live computations
 @st.cache_data(show_spinner=False, max_entries=128)
-def _live(path: str, stamp: float, items: str, example_ids: tuple[int, ...], choice: str) -> tuple[dict, list]:
+def _live(path: str, stamp: tuple[int, ...], items: str, example_ids: tuple[int, ...], choice: str) -> tuple[dict, list]:
     run = Run(path)
     data = opened(run)
     with chosen_model(run, choice) as model:
@@ -317,7 +337,7 @@ def layer_names(run: Run, choice: str, method: str) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _attributions(path: str, stamp: float, choice: str, example: int, method: str, layer: str | None,
+def _attributions(path: str, stamp: tuple[int, ...], choice: str, example: int, method: str, layer: str | None,
                   targets: tuple[int, ...], units: tuple[str, ...], baseline: str) -> np.ndarray:
     run = Run(path)
     data = opened(run)
@@ -345,7 +365,7 @@ def attributions(run: Run, choice: str, example: int, method: str, layer: str | 
 
 __all__ = [
     "MODEL_CHOICES", "TABLE_STAGE", "selected_runs_root", "create_run_command", "run_names", "run_in_root",
-    "sweep_names", "sweep_in_root", "sweep_record", "sweep_summary", "run_numbers",
+    "run_problems", "damage_note", "sweep_names", "sweep_in_root", "sweep_record", "sweep_summary", "run_numbers",
     "current_run", "show_run_error", "manifest", "page_run", "table", "has_table", "require_tables", "run_labels",
     "opened", "model_in_use", "layout", "model_choices", "chosen_model", "live", "method_names", "layer_names",
     "attributions", "RunError",

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
-from app.cache import create_run_command, run_names, selected_runs_root  # noqa: E402
+from app.cache import create_run_command, damage_note, run_in_root, run_names, run_problems, selected_runs_root  # noqa: E402
 from memloc.store import RunError, list_sweeps  # noqa: E402
 
 st.set_page_config(page_title="memloc", layout="wide")
@@ -36,9 +36,13 @@ if not names:
 
 if st.session_state.get("run_name") not in names:  # first visit: take the run from the URL
     wanted = st.query_params.get("run")
-    st.session_state["run_name"] = wanted if wanted in names else names[0]
+    healthy = [n for n in names if not run_problems(run_in_root(root, n))]
+    st.session_state["run_name"] = wanted if wanted in names else (healthy or names)[0]
 name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}; a sweep's points as sweep/point")
 st.query_params["run"] = name
+note = damage_note(run_in_root(root, name))
+if note:
+    st.warning(note)
 for target in list_sweeps(root):  # each sweep with how far its points are
     try:
         counts = target.status_counts()

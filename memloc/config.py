@@ -37,7 +37,9 @@ class ModelSettings:
     options: dict = field(
         default_factory=lambda: types.MappingProxyType({}),  # read-only: configs are values
         metadata={"help": "architecture options, e.g. model.options.width=0.25 (resnet9, cnn) or "
-                  "model.options.hidden=[256,256] (mlp); checked by building the model"},
+                  "model.options.hidden=[256,256] (mlp); checked by building the model. Bounds: resnet9 width in "
+                  "(0, 8] (1 = the paper's), cnn width in (0, 16]; mlp hidden at most 8 layers, each in [1, 8192]; "
+                  "vit patch in [1, 32], dim in [1, 1024], depth in [1, 24], heads in [1, 1024], mlp_ratio in (0, 8]"},
     )
 
     def __post_init__(self):
@@ -59,6 +61,8 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "flip": ("flipping", "flip_units"),
     "dropout": ("dropout", "dropout_examples"),
 }
+#: The stage that writes each table.
+TABLE_STAGE: dict[str, str] = {table: stage for stage, tables in STAGE_TABLES.items() for table in tables}
 
 
 @dataclass(frozen=True)
@@ -135,4 +139,4 @@ SECTIONS: dict[str, type] = {
     "flip": FlipSettings, "dropout": DropoutSettings, "rewind": RewindSettings, "retrain": RetrainSettings,
 }
 
-__all__ = ["ModelSettings", "STAGES", "STAGE_TABLES", "RunConfig", "SECTIONS"]
+__all__ = ["ModelSettings", "STAGES", "STAGE_TABLES", "TABLE_STAGE", "RunConfig", "SECTIONS"]

@@ -23,13 +23,24 @@ complete only after its files are in place. One process at a time may write a ru
 
 A stage's resume state grows by pieces: a save writes new files only and one manifest update
 switches to them, so an interruption at any instant leaves either the old state or the new
-one, never a mix. A run written by another schema version is refused with
-the command that recreates it (`StaleRunError`).
+one, never a mix. A file written again under its old name (a table of a stage that runs again)
+is first announced in the manifest (its `pending` sha256), then renamed into place, then
+recorded: either content is accepted in between, so a kill at any instant cannot block a
+resume. A run written by another schema version is refused with the command that recreates
+it (`StaleRunError`).
+
+The manifest is checked as a schema when read (`RunError` naming the key), and it can only
+list names of the store's own forms (`_OWN_FILES`): no `..`, no absolute path. Every file the
+store reads, writes or deletes is inside its run directory, not behind a symbolic link.
+`Run.verify` checks every listed file against the manifest (size, and sha256 with
+`checksums=True`), for `precompute verify`, `precompute list`, the runner before it skips a
+stage, and the explorer's run health.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -60,10 +71,26 @@ SUMMARY = "summary.parquet"
 VARIANTS = ("plain", "dropout")
 _CHECKPOINTS = {"plain": "checkpoints/epoch_", "dropout": "checkpoints/dropout/epoch_"}
 _TENSORS = "tensors"  # file name (without suffix) of a resume state's tensors
+#: The only names a manifest may list (relative to the run directory).
+_OWN_FILES = re.compile(
+    r"labels\.npz"
+    r"|checkpoints/(dropout/)?epoch_\d{3,}\.safetensors"
+    r"|tables/[A-Za-z_]\w*\.parquet"
+    r"|state/[A-Za-z_]\w*/[A-Za-z_]\w*/\d{6}\.(parquet|safetensors)",
+    re.ASCII,
+)
+#: The manifest's keys and their types (`Run.manifest` refuses any other shape).
+_MANIFEST_KEYS = {"schema_version": int, "created": str, "config": dict, "seed": int, "data_fingerprint": str,
+                  "versions": dict, "stages": dict, "files": dict}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class RunError(Exception):
     """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+class DiskFullError(RunError):
+    """The device of a run directory is full; what is on disk stays resumable."""
 
 
 class StaleRunError(RunError):
@@ -78,12 +105,18 @@ class StaleRunError(RunError):
         )
 
     def command(self) -> str:
+        return self.command_for(self.path, self.config)
+
+    @staticmethod
+    def command_for(path: Path, config: Any) -> str:
+        """The command that recreates a run of `config` at `path` (a generic one for a config
+        this memloc cannot read)."""
         from memloc.overrides import command_for  # the override engine knows presets; the store does not
 
         try:
-            return command_for(self.config, str(self.path))
+            return command_for(config, str(path))
         except Exception:  # a config this memloc cannot read at all
-            return f"python -m precompute run --preset <preset> --out {self.path}"
+            return f"python -m precompute run --preset <preset> --out {path}"
 
 
 class StageState(NamedTuple):
@@ -91,6 +124,70 @@ class StageState(NamedTuple):
 
     tables: dict[str, pd.DataFrame]
     tensors: dict[str, torch.Tensor]
+
+
+class Problem(NamedTuple):
+    """Something wrong with one file of a run (`Run.verify`): its name in the run, what is
+    wrong, and what the file is: `kind` manifest, labels, checkpoint (`name` its variant),
+    table (`name` the table) or state (`name` the stage)."""
+
+    rel: str
+    what: str
+    kind: str
+    name: str = ""
+
+
+def _problem(rel: str, what: str) -> Problem:
+    """A `Problem` of the file `rel`, with what kind of file it is."""
+    parts = rel.split("/")
+    if rel == MANIFEST or rel == LABELS:
+        return Problem(rel, what, rel.split(".")[0])
+    if parts[0] == "checkpoints":
+        return Problem(rel, what, "checkpoint", "dropout" if parts[1] == "dropout" else "plain")
+    if parts[0] == "tables":
+        return Problem(rel, what, "table", parts[1][: -len(".parquet")])
+    return Problem(rel, what, "state", parts[1])
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one `files` entry of a manifest (None when nothing)."""
+    def digest_problem(entry: Any) -> str | None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            return "needs a sha256 (64 hex digits)"
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return "needs a size in bytes (an integer >= 0)"
+        return None
+
+    if not isinstance(record, dict) or set(record) - {"sha256", "bytes", "pending"}:
+        return "must be {sha256, bytes[, pending]}"
+    if "pending" in record and digest_problem(record["pending"]):
+        return "pending " + digest_problem(record["pending"])
+    return digest_problem(record)
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """The first violation of the manifest schema, naming the key (None when it is valid)."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    for key, kind in _MANIFEST_KEYS.items():
+        if key not in manifest:
+            return f"has no {key!r}"
+        value = manifest[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} must be a JSON {'object' if kind is dict else kind.__name__}, got {type(value).__name__}"
+    for name, stage in manifest["stages"].items():
+        if not isinstance(stage, dict):
+            return f"stages[{name!r}] must be a JSON object"
+        if not isinstance(stage.get("status", ""), str):
+            return f"stages[{name!r}].status must be a string"
+    for rel, record in manifest["files"].items():
+        if not _OWN_FILES.fullmatch(rel):
+            return f"files lists {rel!r}, which is not a file name of a memloc run"
+        problem = _record_problem(record)
+        if problem:
+            return f"files[{rel!r}] {problem}"
+    return None
 
 
 def tables_of(manifest: dict[str, Any]) -> list[str]:
@@ -110,6 +207,33 @@ def _checkpoint_prefix(variant: str) -> str:
     if variant not in _CHECKPOINTS:
         raise ValueError(f"model variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     return _CHECKPOINTS[variant]
+
+
+def _entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The contents a manifest entry accepts: the recorded one and, during a write, the pending one."""
+    return [r for r in (record, record.get("pending")) if r and "sha256" in r]
+
+
+def _accepted(record: dict[str, Any]) -> set[str]:
+    return {r["sha256"] for r in _entries(record)}
+
+
+def _stamp(files: list[Path]) -> tuple[int, ...]:
+    """The modification time and size of each file (-1 for one that is not there)."""
+    stamps: list[int] = []
+    for file in files:
+        try:
+            info = file.stat()
+            stamps += [info.st_mtime_ns, info.st_size]
+        except OSError:
+            stamps += [-1, -1]
+    return tuple(stamps)
+
+
+def _reached(point: str, rel: str) -> None:
+    """A fault-injection point: `announced` (a rewrite is in the manifest, its file not yet
+    renamed) and `renamed` (the file is in place, the manifest not yet updated). Does nothing;
+    the reliability tests replace it to stop the process exactly there."""
 
 
 def _name(kind: str, name: str) -> str:
@@ -167,9 +291,14 @@ def library_versions() -> dict[str, str]:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` via a temporary file in the same directory and a rename. A full
+    device is a `DiskFullError` (the old file, if any, is untouched)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        _raise_full(e, path, data)
+        raise
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -177,10 +306,19 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            _raise_full(e, path, data)
         raise
+
+
+def _raise_full(error: OSError, path: Path, data: bytes) -> None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(f"no space left on the device of {path.parent} (writing {path.name}, "
+                            f"{len(data) / 2**20:.1f} MiB); free space there and run the same command again: "
+                            "what is on disk stays valid and resumes") from None
 
 
 class Run:
@@ -213,6 +351,10 @@ class Run:
             raise RunError(f"{file} is not a memloc manifest; delete the run directory and run precompute again")
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise StaleRunError(self.path, manifest.get("schema_version"), manifest.get("config"))
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise RunError(f"{file} {problem} (edited or written by something else); move the run directory away "
+                           f"and recreate it with `{StaleRunError.command_for(self.path, manifest.get('config'))}`")
         return manifest
 
     def create(self, config: dict[str, Any], data_fingerprint: str, seed: int) -> None:
@@ -275,27 +417,112 @@ class Run:
         self._update(lambda m: m["stages"].setdefault(name, {}).update(info))
 
     # ------------------------------------------------------------------ files
+    def _file(self, rel: str) -> Path:
+        """The path of the run's file `rel`, which must be a name of the store's own forms and
+        lie inside the run directory (not behind a symbolic link)."""
+        if not _OWN_FILES.fullmatch(rel):
+            raise RunError(f"{rel!r} is not a file name of a memloc run")
+        file = self.path / rel
+        if file.is_symlink() or not file.parent.resolve().is_relative_to(self.path.resolve()):
+            raise RunError(f"{file} leads out of run {self.name} (a symbolic link); remove the link and run "
+                           f"`python -m precompute verify {self.path}`")
+        return file
+
     def _put(self, rel: str, data: bytes) -> None:
-        atomic_write(self.path / rel, data)
-        digest = hashlib.sha256(data).hexdigest()
-        self._update(lambda m: m["files"].__setitem__(rel, {"sha256": digest, "bytes": len(data)}))
+        """Write the artifact `rel` and record its sha256. A file the manifest already lists is
+        announced first (`pending`), so a kill between the rename and the record leaves a
+        content the manifest accepts; a new one is recorded after its rename (until then it is
+        not part of the run)."""
+        file = self._file(rel)
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if rel in self.manifest()["files"]:
+            self._update(lambda m: m["files"][rel].__setitem__("pending", entry))
+        _reached("announced", rel)
+        atomic_write(file, data)
+        _reached("renamed", rel)
+        self._update(lambda m: m["files"].__setitem__(rel, entry))
 
     def _get(self, rel: str) -> bytes:
         """The bytes of an artifact, verified against the sha256 in the manifest."""
         record = self.manifest()["files"].get(rel)
-        file = self.path / rel
+        file = self._file(rel)
         if record is None or not file.is_file():
-            raise RunError(f"{file} is missing from run {self.name}; run precompute again to (re)create it")
+            raise RunError(f"{file} is missing from run {self.name}; run `{self.heal_command()}` to recreate it")
         data = file.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        if hashlib.sha256(data).hexdigest() not in _accepted(record):
             raise RunError(
                 f"{file} does not match the checksum in the manifest (truncated, tampered or replaced); "
-                f"delete it and run precompute again on {self.path} to recreate it"
+                f"run `{self.heal_command()}` to recreate it"
             )
         return data
 
+    def heal_command(self) -> str:
+        """The command that recreates a run's missing or damaged files: the run command of its
+        config (`precompute run` checks what it skips)."""
+        try:
+            config = self.manifest()["config"]
+        except RunError:
+            config = None
+        return StaleRunError.command_for(self.path, config)
+
     def has(self, rel: str) -> bool:
-        return rel in self.manifest()["files"] and (self.path / rel).is_file()
+        return rel in self.manifest()["files"] and self._file(rel).is_file()
+
+    def forget(self, problems: list[Problem]) -> None:
+        """Take damaged files out of the manifest (and the resume states they belong to) and
+        remove links out of the run, so the stages that write these files write them again."""
+        files = [p.rel for p in problems if p.kind in ("labels", "checkpoint", "table")]
+        self._update(lambda m: [m["files"].pop(rel, None) for rel in files])
+        for problem in problems:
+            self._unlink_link(problem.rel)
+        for stage in sorted({p.name for p in problems if p.kind == "state"}):
+            self.drop_state(stage)
+
+    def _unlink_link(self, rel: str) -> None:
+        """Remove the first symbolic link on the way to `rel` inside the run (the link only,
+        never what it points to), so the file can be written in the run again."""
+        path = self.path
+        for part in rel.split("/"):
+            path = path / part
+            if path.is_symlink():
+                path.unlink()
+                return
+            if not path.is_dir():
+                return
+
+    def verify(self, checksums: bool = True) -> list[Problem]:
+        """What is wrong with the files the manifest lists: missing, behind a link, of another
+        size, or (with `checksums`) of another sha256. An unreadable manifest is one problem."""
+        try:
+            files = self.manifest()["files"]
+        except RunError as e:
+            return [_problem(MANIFEST, str(e))]
+        problems = []
+        if LABELS not in files:
+            problems.append(_problem(LABELS, "not listed in the manifest"))
+        for rel, record in sorted(files.items()):
+            try:
+                file = self._file(rel)
+            except RunError:
+                problems.append(_problem(rel, "leads out of the run (a symbolic link)"))
+                continue
+            if not file.is_file():
+                problems.append(_problem(rel, "missing"))
+            elif file.stat().st_size not in {r["bytes"] for r in _entries(record)}:
+                problems.append(_problem(rel, f"{file.stat().st_size} bytes, the manifest says {record['bytes']}"))
+            elif checksums and hashlib.sha256(file.read_bytes()).hexdigest() not in _accepted(record):
+                problems.append(_problem(rel, "does not match its sha256 (tampered or replaced)"))
+        return problems
+
+    def stamp(self) -> tuple[int, ...]:
+        """Changes whenever the manifest or a file it lists changes on disk (a cache key)."""
+        return _stamp([self.path / MANIFEST, *(self.path / rel for rel in self._listed())])
+
+    def _listed(self) -> list[str]:
+        try:
+            return sorted(self.manifest()["files"])
+        except RunError:
+            return []
 
     @staticmethod
     def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -306,14 +533,16 @@ class Run:
         try:
             tensors = st_load(self._get(rel))
         except SafetensorError as e:
-            raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); run precompute again") from None
+            raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); "
+                           f"run `{self.heal_command()}` to recreate it") from None
         return {k: v.to(device) for k, v in tensors.items()}
 
     def _get_table(self, rel: str) -> pd.DataFrame:
         try:
             return pd.read_parquet(io.BytesIO(self._get(rel)))
         except (OSError, ValueError) as e:
-            raise RunError(f"{self.path / rel} is not a valid Parquet table ({e}); run precompute again") from None
+            raise RunError(f"{self.path / rel} is not a valid Parquet table ({e}); "
+                           f"run `{self.heal_command()}` to recreate it") from None
 
     # checkpoints -------------------------------------------------------------
     @staticmethod
@@ -340,7 +569,7 @@ class Run:
 
         self._update(forget)
         for rel in rels:
-            (self.path / rel).unlink(missing_ok=True)
+            self._file(rel).unlink(missing_ok=True)
 
     # resume state ------------------------------------------------------------
     @staticmethod
@@ -373,7 +602,7 @@ class Run:
         if tensors is not None:
             files[f"{prefix}{_TENSORS}/{piece:06d}.safetensors"] = self._tensor_bytes(tensors)
         for rel, data in files.items():
-            atomic_write(self.path / rel, data)
+            atomic_write(self._file(rel), data)
 
         replaced = [rel for rel in old if rel.startswith(f"{prefix}{_TENSORS}/")] if tensors is not None else []
 
@@ -385,8 +614,8 @@ class Run:
             m["stages"].setdefault(stage, {}).update(progress or {})
 
         self._update(switch)
-        for rel in replaced:  # names of the store's own form (`_state_files`), inside the run
-            (self.path / rel).unlink(missing_ok=True)
+        for rel in replaced:
+            self._file(rel).unlink(missing_ok=True)
 
     def read_state(self, stage: str, device: str | torch.device = "cpu") -> StageState | None:
         """The resume state of `stage` (every file verified), or None if it has none: each
@@ -415,7 +644,9 @@ class Run:
                 del m["files"][rel]
 
         self._update(forget)
-        shutil.rmtree(self.path / self._state_prefix(stage), ignore_errors=True)
+        folder = self.path / self._state_prefix(stage)
+        if not folder.is_symlink() and folder.resolve().is_relative_to(self.path.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # `state/` itself goes once no stage has a state
             (self.path / "state").rmdir()
 
@@ -431,7 +662,8 @@ class Run:
             with np.load(io.BytesIO(self._get(LABELS)), allow_pickle=False) as z:
                 return {k: z[k] for k in ("true_label", "train_label", "is_noisy")}
         except (ValueError, KeyError, OSError) as e:
-            raise RunError(f"{self.path / LABELS} is not a valid labels file ({e}); run precompute again") from None
+            raise RunError(f"{self.path / LABELS} is not a valid labels file ({e}); "
+                           f"run `{self.heal_command()}` to recreate it") from None
 
     # tables ------------------------------------------------------------------
     @staticmethod
@@ -504,6 +736,10 @@ class Sweep:
                            f"this memloc reads {SCHEMA_VERSION}); run the sweep again into a new --out")
         return record
 
+    def stamp(self) -> tuple[int, ...]:
+        """Changes whenever the record or the summary changes on disk (a cache key)."""
+        return _stamp([self.path / SWEEP, self.path / SUMMARY])
+
     def write_record(self, record: dict[str, Any]) -> None:
         if not self._locked:
             raise RuntimeError("writing a sweep requires `with sweep.lock():`")
@@ -547,7 +783,7 @@ class Sweep:
 
     def runs(self) -> list[Run]:
         """The run directories of the sweep's points that exist, in the record's order."""
-        return [run for run in (self.run(p) for p in self.record()["points"]) if run.exists()]
+        return [run for run in (self.run(p) for p in self.record()["points"]) if run.exists() and inside(run.path, self.path)]
 
     def status_counts(self) -> dict[str, int]:
         """How many points are pending, running, complete and failed."""
@@ -566,12 +802,18 @@ def _point_name(point: str) -> str:
     return point
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links followed, is a directory directly in `root`: the one rule by which
+    runs and sweeps are listed and opened (a link out of the runs root is neither)."""
+    return path.resolve().parent == root.resolve()
+
+
 def list_sweeps(root: str | os.PathLike | None = None) -> list[Sweep]:
     """Sweep directories directly under the runs root, by name."""
     base = runs_root(root)
     if not base.is_dir():
         return []
-    return [Sweep(p) for p in sorted(base.iterdir()) if (p / SWEEP).is_file()]
+    return [Sweep(p) for p in sorted(base.iterdir()) if (p / SWEEP).is_file() and inside(p, base)]
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
@@ -579,4 +821,4 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
     base = runs_root(root)
     if not base.is_dir():
         return []
-    return [Run(p) for p in sorted(base.iterdir()) if (p / MANIFEST).is_file()]
+    return [Run(p) for p in sorted(base.iterdir()) if (p / MANIFEST).is_file() and inside(p, base)]

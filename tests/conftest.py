@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from typing import Callable
 
 import pytest
 import torch
@@ -43,3 +45,25 @@ def smoke_copy(smoke_run, tmp_path) -> Run:
     dst = tmp_path / "runs" / "smoke"
     shutil.copytree(smoke_run.path, dst)
     return Run(dst)
+
+
+def _digests(run: Run, tables: tuple[str, ...] | None = None, variants: tuple[str, ...] = ("plain", "dropout")) -> dict[str, str]:
+    """The sha256 of each table (all of the run's by default; `training` without its wall-clock
+    `seconds`) and of each checkpoint's tensors: equal digests mean bitwise equal results."""
+    out = {}
+    for name in run.tables() if tables is None else tables:
+        table = run.read_table(name)
+        if name == "training":
+            table = table.drop(columns="seconds")
+        out[name] = hashlib.sha256(table.to_parquet(index=False)).hexdigest()
+    for variant in variants:
+        for epoch in run.checkpoint_epochs(variant):
+            state = run.read_checkpoint(epoch, variant=variant)
+            out[f"{variant}/{epoch}"] = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def digests() -> Callable[..., dict[str, str]]:
+    """`digests(run, tables=None, variants=("plain", "dropout"))`: what makes two runs bitwise equal."""
+    return _digests

@@ -62,7 +62,7 @@ def parse_ids(text: str, n: int) -> list[int]:
     ids = []
     for part in text.replace(";", ",").split(","):
         part = part.strip()
-        if part.isdigit() and int(part) < n and int(part) not in ids:
+        if part.isascii() and part.isdigit() and int(part) < n and int(part) not in ids:  # str.isdigit takes superscripts
             ids.append(int(part))
     return ids[:50]
 

@@ -43,18 +43,20 @@ def test_overview_of_a_smoke_run_shows_its_curves(monkeypatch, smoke_run):
     assert at.query_params["run"] == "smoke"
 
 
-def test_corrupt_run_gets_an_error_card_and_other_runs_stay_usable(monkeypatch, smoke_run, tmp_path):
+def test_a_damaged_run_is_not_the_default_and_gets_a_warning_and_an_error_card(monkeypatch, smoke_run, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(smoke_run.path, root / "a-broken")
     shutil.copytree(smoke_run.path, root / "b-good")
     (root / "a-broken" / "tables" / "training.parquet").write_bytes(b"not parquet")
     at = _app(monkeypatch, root).run()
-    assert not at.exception
-    assert "does not match the checksum" in at.error[0].value
-    at.sidebar.selectbox[0].select("b-good").run()
-    assert at.title[0].value == "Overview: b-good"
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.title[0].value == "Overview: b-good"  # the first healthy run, though a-broken sorts first
+    assert not at.exception and not at.error and not at.warning, [e.value for e in at.error]
     assert len(at.get("vega_lite_chart")) == 2  # training curves, when noisy examples were memorized
+    at.sidebar.selectbox[0].select("a-broken").run()
+    assert not at.exception
+    assert at.warning[0].value.startswith("Run **a-broken** is damaged: `tables/training.parquet` 11 bytes")
+    assert f"`python -m precompute run --preset smoke --out {root / 'a-broken'}`" in at.warning[0].value
+    assert "does not match the checksum" in at.error[0].value
 
 
 def test_run_name_from_the_url_cannot_leave_the_runs_root(monkeypatch, smoke_run, tmp_path):

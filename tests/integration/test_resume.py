@@ -8,8 +8,6 @@ resumed run has the sha256 of the uninterrupted run's (`training` without its `s
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
@@ -22,23 +20,9 @@ from precompute.stages import execute
 INTERRUPT_AFTER = {"train": 2, "example_gradients": 1, "rewind": 1, "retrain": 2, "flip": 1, "dropout": 2}
 
 
-def _digests(run: Run, tables: tuple[str, ...], variants: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for name in tables:
-        table = run.read_table(name)
-        if name == "training":
-            table = table.drop(columns="seconds")  # wall-clock time per epoch
-        out[name] = hashlib.sha256(table.to_parquet(index=False)).hexdigest()
-    for variant in variants:
-        for epoch in run.checkpoint_epochs(variant):
-            state = run.read_checkpoint(epoch, variant=variant)
-            out[f"{variant}/{epoch}"] = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
-    return out
-
-
 @pytest.mark.parametrize("when", ["after a save", "during a save"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_an_interrupted_stage_resumes_to_bitwise_the_same_tables(smoke_run, tmp_path, monkeypatch, stage, when):
+def test_an_interrupted_stage_resumes_to_bitwise_the_same_tables(smoke_run, digests, tmp_path, monkeypatch, stage, when):
     stages = STAGES[: STAGES.index(stage) + 1] if stage != "dropout" else ("train", "dropout")
     cfg = overrides.resolve("smoke", overrides=[f"stages={list(stages)!r}".replace("'", '"')])
     out = tmp_path / "run"
@@ -76,10 +60,10 @@ def test_an_interrupted_stage_resumes_to_bitwise_the_same_tables(smoke_run, tmp_
     tables = tuple(t for s in stages for t in STAGE_TABLES[s] if run.has_table(t))
     assert set(STAGE_TABLES[stage]) <= set(tables)
     variants = ("plain", "dropout") if "dropout" in stages else ("plain",)
-    assert _digests(run, tables, variants) == _digests(smoke_run, tables, variants)
+    assert digests(run, tables, variants) == digests(smoke_run, tables, variants)
 
 
-def test_training_resumes_under_a_checkpoint_policy(smoke_run, tmp_path, monkeypatch):
+def test_training_resumes_under_a_checkpoint_policy(smoke_run, digests, tmp_path, monkeypatch):
     """Checkpoints the policy drops go only once a later one is saved: an interrupted training
     still finds the checkpoint it resumes from."""
     cfg = overrides.resolve("smoke", overrides=['stages=["train"]', "train.keep_epochs=0"])
@@ -99,5 +83,5 @@ def test_training_resumes_under_a_checkpoint_policy(smoke_run, tmp_path, monkeyp
     monkeypatch.setattr(Run, "append_state", real_append)
     run = execute(cfg, str(tmp_path / "run"), torch.device("cpu"), log=lambda _: None)
     assert run.checkpoint_epochs() == [0, 3]
-    assert _digests(run, ("training", "example_training"), ()) == _digests(smoke_run, ("training", "example_training"), ())
+    assert digests(run, ("training", "example_training"), ()) == digests(smoke_run, ("training", "example_training"), ())
     assert all(torch.equal(run.read_checkpoint(3)[k], v) for k, v in smoke_run.read_checkpoint(3).items())

@@ -1,4 +1,5 @@
 import json
+import re
 import pickle
 import threading
 
@@ -129,7 +130,7 @@ def test_corrupt_or_foreign_manifest(tmp_path):
 
 def test_missing_artifact_names_the_fix(tmp_path):
     run = _new_run(tmp_path / "r")
-    with pytest.raises(RunError, match="run precompute again"):
+    with pytest.raises(RunError, match=r"is missing from run r; run `python -m precompute run --preset smoke .*--out .*` to recreate it"):
         run.read_table("rewinding")
 
 
@@ -161,12 +162,13 @@ def test_an_edited_manifest_cannot_make_the_state_touch_files_outside_the_run(tm
     run = _new_run(tmp_path / "runs" / "r")
     with run.lock():
         run.append_state("train", {"training": pd.DataFrame({"epoch": [1]})}, {"m": torch.ones(1)})
-    manifest = json.loads((run.path / "manifest.json").read_text())
+    clean = (run.path / "manifest.json").read_text()
     for rel in ("state/train/tensors/../../../../victim.txt", "state/train/tensors/000000.safetensors/../../../../../victim.txt"):
+        manifest = json.loads(clean)
         manifest["files"][rel] = {"sha256": "0" * 64, "bytes": 7}
-    (run.path / "manifest.json").write_text(json.dumps(manifest))
-    with run.lock():
-        run.append_state("train", {"training": pd.DataFrame({"epoch": [2]})}, {"m": torch.zeros(1)})
-        assert run.read_state("train").tables["training"]["epoch"].tolist() == [1, 2]
-        run.drop_state("train")
+        (run.path / "manifest.json").write_text(json.dumps(manifest))
+        with run.lock(), pytest.raises(RunError, match=re.escape(f"files lists {rel!r}, which is not a file name")):
+            run.append_state("train", {"training": pd.DataFrame({"epoch": [2]})}, {"m": torch.zeros(1)})
+        with run.lock(), pytest.raises(RunError, match="not a file name of a memloc run"):
+            run.drop_state("train")
     assert victim.read_text() == "keep me"
