@@ -16,7 +16,10 @@ Data sets and where they come from (DESIGN.md, "Data"):
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits; always available, no network.
 - ``fashion-mnist``, ``mnist``: gzipped or plain IDX files in torchvision's layout under the
   data root; Fashion-MNIST is also found in Debian's ``dataset-fashion-mnist`` package.
-- ``cifar10``, ``svhn``: torchvision's data set classes on the data root.
+- ``cifar10``: the python batches of ``cifar-10-python.tar.gz`` (torchvision's layout and
+  checksums), read without running any pickled code: a restricted unpickler admits only the
+  few numpy globals that rebuild their arrays.
+- ``svhn``: torchvision's data set class on the data root.
 
 Only with ``download=True`` does torchvision fetch anything. A data set that cannot be found
 raises `DataError`, whose message says how to get it.
@@ -28,6 +31,7 @@ import gzip
 import hashlib
 import math
 import os
+import pickle
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -40,7 +44,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from memloc.settings import check, setting
+from memloc.settings import MAX_COUNT, MAX_SEED, check, in_range, setting
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
 
@@ -75,18 +79,20 @@ class DataSettings:
     name: str = setting("digits", f"data set, one of {', '.join(DATASETS)}")
     root: str = setting("", "data root; empty = $MEMLOC_DATA or ./data")
     download: bool = setting(False, "allow torchvision to download the data set (needs internet)")
-    train_size: int = setting(0, "use a seeded random subset of this many training examples; 0 = all")
-    test_size: int = setting(0, "use a seeded random subset of this many test examples; 0 = all")
-    subset_seed: int = setting(0, "seed of the train/test subsets")
+    train_size: int = setting(0, f"use a seeded random subset of this many training examples; 0 = all; in [0, {MAX_COUNT}]")
+    test_size: int = setting(0, f"use a seeded random subset of this many test examples; 0 = all; in [0, {MAX_COUNT}]")
+    subset_seed: int = setting(0, f"seed of the train/test subsets, in [0, {MAX_SEED}]")
     noise_frac: float = setting(0.1, "share of training labels flipped to a wrong class, in [0, 1)")
-    noise_seed: int = setting(0, "seed of the label noise (independent of the model seed)")
+    noise_seed: int = setting(0, f"seed of the label noise (independent of the model seed), in [0, {MAX_SEED}]")
     augment: bool = setting(False, "random crop + flip of training batches")
 
     def __post_init__(self):
         check(self.name in DATASETS, "name", f"one of {', '.join(DATASETS)}", self.name)
-        check(0.0 <= self.noise_frac < 1.0, "noise_frac", "a fraction in [0, 1)", self.noise_frac)
-        check(self.train_size >= 0, "train_size", "0 (all) or a positive count", self.train_size)
-        check(self.test_size >= 0, "test_size", "0 (all) or a positive count", self.test_size)
+        in_range("noise_frac", self.noise_frac, 0, 1, open_hi=True)
+        in_range("train_size", self.train_size, 0, MAX_COUNT, integer=True)
+        in_range("test_size", self.test_size, 0, MAX_COUNT, integer=True)
+        in_range("subset_seed", self.subset_seed, 0, MAX_SEED, integer=True)
+        in_range("noise_seed", self.noise_seed, 0, MAX_SEED, integer=True)
 
 
 class DataError(Exception):
@@ -405,18 +411,86 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
+# CIFAR-10's python batches are pickled dicts of strings, lists of ints and strings, and one
+# uint8 array; rebuilding that array takes exactly these globals (numpy 1 and the Python 2
+# pickles of the real files name the module numpy.core, numpy 2 numpy._core). Every other
+# global is refused, never imported, so a batch cannot run code.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's _reconstruct, whatever module holds it
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 python batch, admitting only `_CIFAR_GLOBALS`."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which no CIFAR-10 batch holds") from None
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    """The dict pickled in one file of ``cifar-10-batches-py`` (Python 2 strings read as latin-1,
+    as torchvision does); `DataError` if it holds anything else."""
+    try:
+        with open(path, "rb") as f:
+            content = _CifarUnpickler(f, encoding="latin1").load()
+    except OSError:
+        raise
+    except Exception as exc:  # whatever garbage or a refused global raises while unpickling
+        raise _corrupted(path, f"it is not a CIFAR-10 python batch ({exc})") from None
+    if not isinstance(content, dict):
+        raise _corrupted(path, f"it holds a {type(content).__name__}, not the dict of a CIFAR-10 python batch")
+    return content
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images (N, 3, 32, 32) uint8 and labels of one batch: its "data" rows hold an image's 1024
+    red, then 1024 green, then 1024 blue values, each channel row-major."""
+    batch = _read_cifar_pickle(path)
+    images, labels = batch.get("data"), batch.get("labels")
+    ok = (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == 3072
+          and isinstance(labels, list) and len(labels) == len(images)
+          and all(isinstance(y, int) and 0 <= y < 10 for y in labels))
+    if not ok:
+        raise _corrupted(path, 'its "data" and "labels" are not uint8 rows of 3072 values and a label 0..9 for each')
+    return images.reshape(-1, 3, 32, 32), labels
+
+
 def _load_cifar10(root: Path, download: bool) -> Dataset:
-    """CIFAR-10 from torchvision's ``<root>/cifar-10-batches-py/`` (its images are HWC uint8)."""
+    """CIFAR-10 from ``<root>/cifar-10-batches-py/`` (torchvision's layout, checked against its
+    MD5 checksums), read through `_CifarUnpickler`: no pickled code runs."""
+    spec = torchvision.datasets.CIFAR10  # where the files are, their checksums, the download
+    folder = root / spec.base_folder
+    files = [*spec.train_list, *spec.test_list, [spec.meta["filename"], spec.meta["md5"]]]
+
+    def intact() -> bool:
+        # the check torchvision's CIFAR10 makes (through its module, so tests can stand in for it)
+        return all(torchvision.datasets.cifar.check_integrity(str(folder / name), md5) for name, md5 in files)
+
     with _torchvision_errors("cifar10", root, download):
-        train = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
-        test = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
+        if not intact() and download:
+            torchvision.datasets.utils.download_and_extract_archive(spec.url, str(root), filename=spec.filename,
+                                                                    md5=spec.tgz_md5)
+        if not intact():
+            raise _missing("cifar10", root, f"no complete, intact copy of its files is in {root}")
+        train = [_read_cifar_batch(folder / name) for name, _ in spec.train_list]
+        test_x, test_y = _read_cifar_batch(folder / spec.test_list[0][0])
+        classes = _read_cifar_pickle(folder / spec.meta["filename"]).get("label_names")
+    if not (isinstance(classes, list) and len(classes) == 10 and all(isinstance(c, str) for c in classes)):
+        raise _corrupted(folder / spec.meta["filename"], "its label_names are not the names of 10 classes")
     return Dataset(
         name="cifar10",
-        train_x=_normalize(torch.from_numpy(train.data).permute(0, 3, 1, 2), 255),
-        true_labels=torch.as_tensor(train.targets, dtype=torch.int64),
-        test_x=_normalize(torch.from_numpy(test.data).permute(0, 3, 1, 2), 255),
-        test_labels=torch.as_tensor(test.targets, dtype=torch.int64),
-        classes=tuple(train.classes),
+        train_x=_normalize(torch.from_numpy(np.concatenate([x for x, _ in train])), 255),
+        true_labels=torch.as_tensor([y for _, labels in train for y in labels], dtype=torch.int64),
+        test_x=_normalize(torch.from_numpy(np.array(test_x)), 255),
+        test_labels=torch.as_tensor(test_y, dtype=torch.int64),
+        classes=tuple(classes),
     )
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from memloc.data import Dataset, Labels
 from memloc.evaluate import ACCURACIES, population_metrics
 from memloc.interventions import eval_mode
-from memloc.settings import check, setting
+from memloc.settings import MAX_EPOCHS, in_range, setting
 from memloc.train import TrainSettings
 from models.example_tied_dropout import MODES, DropoutOptions, dropout_mode
 
@@ -48,11 +48,11 @@ class DropoutSettings(DropoutOptions):
     """The `dropout` section of a run: the dropout variant's example-tied dropout (the options
     the model zoo takes, declared there) and how long it trains."""
 
-    epochs: int = setting(0, "training epochs of the dropout model; 0 = train.epochs (the same schedule)")
+    epochs: int = setting(0, f"training epochs of the dropout model; 0 = train.epochs (the same schedule); in [0, {MAX_EPOCHS}]")
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.epochs >= 0, "epochs", "0 (= train.epochs) or an integer >= 1", self.epochs)
+        in_range("epochs", self.epochs, 0, MAX_EPOCHS, integer=True)
 
     def train_settings(self, train: TrainSettings) -> TrainSettings:
         """The plain variant's training settings, with `epochs` if set."""

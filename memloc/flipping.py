@@ -47,7 +47,6 @@ Conventions shared with the reference (so both pick the same units):
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -59,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memloc.interventions import UnitIndex, UnitMasks, frozen, parse_unit, unit_masks
-from memloc.settings import check, setting
+from memloc.settings import MAX_COUNT, MAX_SEED, check, in_range, setting
 
 # Streams of the seeded generators, so no two kinds of draw share random numbers.
 _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREAM = 0, 1, 2, 3, 4
@@ -69,35 +68,42 @@ _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREA
 class FlipSettings:
     """The `flip` section of a run: which examples to flip, and what flipping one depends on."""
 
-    n_noisy: int = setting(100, "memorized noisy examples to flip (seeded choice); -1 = all, 0 = none")
-    n_clean: int = setting(100, "correctly predicted clean examples to flip (seeded choice); -1 = all, 0 = none")
-    example_ids: tuple = setting((), "flip exactly these training example ids instead of n_noisy / n_clean")
-    batch_size: int = setting(512, "reference batch size |B| of the objective J, target included (paper: 512)")
-    cap: int = setting(200, "most units zeroed per example; not flipped by then = recorded as not flipped")
+    n_noisy: int = setting(100, f"memorized noisy examples to flip (seeded choice); -1 = all, 0 = none; in [-1, {MAX_COUNT}]")
+    n_clean: int = setting(100, f"correctly predicted clean examples to flip (seeded choice); -1 = all, 0 = none; in [-1, {MAX_COUNT}]")
+    example_ids: tuple = setting((), "flip exactly these training example ids (0 .. training examples - 1) instead of n_noisy / n_clean")
+    batch_size: int = setting(512, f"reference batch size |B| of the objective J, target included (paper: 512), in [2, {MAX_COUNT}]")
+    cap: int = setting(200, f"most units zeroed per example; not flipped by then = recorded as not flipped; in [1, {MAX_COUNT}]")
     robust: bool = setting(False, "robust flipping: average logits over noisy input copies for J and the flip test")
-    noise_draws: int = setting(5, "noisy copies per input in robust flipping")
-    noise_rel: float = setting(0.01, "L2 norm of robust flipping's noise relative to the input's")
-    eval_train: int = setting(2000, "training examples of the collateral-accuracy subset (seeded); 0 = all")
-    eval_test: int = setting(2000, "test examples of the collateral-accuracy subset (seeded); 0 = all")
-    seed: int = setting(0, "seed of target choice, reference batches, noise, evaluation subset, random controls")
-    targets_per_step: int = setting(32, "targets flipped at once, each with its own unit masks (more fills a GPU)")
-    chunk_rows: int = setting(4096, "most forward rows (targets x batch items) per pass; bounds memory")
-    save_every: int = setting(200, "targets between saved progress of the flip stage (resume point)")
+    noise_draws: int = setting(5, "noisy copies per input in robust flipping, in [1, 1000]")
+    noise_rel: float = setting(0.01, "L2 norm of robust flipping's noise relative to the input's, in [0, 10]")
+    eval_train: int = setting(2000, f"training examples of the collateral-accuracy subset (seeded); 0 = all; in [0, {MAX_COUNT}]")
+    eval_test: int = setting(2000, f"test examples of the collateral-accuracy subset (seeded); 0 = all; in [0, {MAX_COUNT}]")
+    seed: int = setting(0, f"seed of target choice, reference batches, noise, evaluation subset, random controls, in [0, {MAX_SEED}]")
+    targets_per_step: int = setting(32, "targets flipped at once, each with its own unit masks (more fills a GPU), in [1, 10000]")
+    chunk_rows: int = setting(4096, f"most forward rows (targets x batch items) per pass; bounds memory; in [1, {MAX_COUNT}]")
+    save_every: int = setting(200, f"targets between saved progress of the flip stage (resume point), in [1, {MAX_COUNT}]")
 
     def __post_init__(self):
-        check(self.n_noisy >= -1, "n_noisy", "-1 (all) or a count >= 0", self.n_noisy)
-        check(self.n_clean >= -1, "n_clean", "-1 (all) or a count >= 0", self.n_clean)
+        in_range("n_noisy", self.n_noisy, -1, MAX_COUNT, integer=True)
+        in_range("n_clean", self.n_clean, -1, MAX_COUNT, integer=True)
         ok = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.example_ids)
         check(ok, "example_ids", "a list of training example ids (integers >= 0)", list(self.example_ids))
-        check(self.batch_size >= 2, "batch_size", "an integer >= 2 (the target and at least one other)", self.batch_size)
-        check(self.cap >= 1, "cap", "an integer >= 1", self.cap)
-        check(self.noise_draws >= 1, "noise_draws", "an integer >= 1", self.noise_draws)
-        check(self.noise_rel >= 0 and math.isfinite(self.noise_rel), "noise_rel", "a number >= 0", self.noise_rel)
-        check(self.eval_train >= 0, "eval_train", "0 (all) or a positive count", self.eval_train)
-        check(self.eval_test >= 0, "eval_test", "0 (all) or a positive count", self.eval_test)
-        check(self.targets_per_step >= 1, "targets_per_step", "an integer >= 1", self.targets_per_step)
-        check(self.chunk_rows >= 1, "chunk_rows", "an integer >= 1", self.chunk_rows)
-        check(self.save_every >= 1, "save_every", "an integer >= 1", self.save_every)
+        in_range("batch_size", self.batch_size, 2, MAX_COUNT, integer=True)  # the target and at least one other
+        in_range("cap", self.cap, 1, MAX_COUNT, integer=True)
+        in_range("noise_draws", self.noise_draws, 1, 1000, integer=True)
+        in_range("noise_rel", self.noise_rel, 0, 10)
+        in_range("eval_train", self.eval_train, 0, MAX_COUNT, integer=True)
+        in_range("eval_test", self.eval_test, 0, MAX_COUNT, integer=True)
+        in_range("seed", self.seed, 0, MAX_SEED, integer=True)
+        in_range("targets_per_step", self.targets_per_step, 1, 10_000, integer=True)
+        in_range("chunk_rows", self.chunk_rows, 1, MAX_COUNT, integer=True)
+        in_range("save_every", self.save_every, 1, MAX_COUNT, integer=True)
+
+    def check_example_ids(self, n_train: int) -> None:
+        """Check that `example_ids` are ids of the run's `n_train` training examples (which only
+        the loaded data knows: the runner checks this before it writes anything)."""
+        bad = [i for i in self.example_ids if i >= n_train]
+        check(not bad, "flip.example_ids", f"ids of training examples (0..{n_train - 1})", bad[0] if bad else None)
 
     @property
     def draws(self) -> int:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from memloc.settings import check, epoch_list, setting
+from memloc.settings import MAX_COUNT, epoch_list, in_range, setting
 from memloc.train import TrainSettings
 
 
@@ -62,11 +62,11 @@ class GradientsSettings:
     accounting: bool = setting(True, "during training, per epoch and layer group: clean, noisy and total gradient norms (tables gradients, gradient_tensors)")
     example_epochs: tuple = setting((), "checkpoints at which stage example_gradients computes every example's gradient norm per group; "
                                     "empty = the epoch where the lr peaks, the middle and the last")
-    chunk_size: int = setting(256, "examples per batched pass of per-example gradient norms (bounds memory)")
+    chunk_size: int = setting(256, f"examples per batched pass of per-example gradient norms (bounds memory), in [1, {MAX_COUNT}]")
 
     def __post_init__(self):
         epoch_list(self.example_epochs, "example_epochs", "[10, 25, 50]")
-        check(self.chunk_size >= 1, "chunk_size", "an integer >= 1", self.chunk_size)
+        in_range("chunk_size", self.chunk_size, 1, MAX_COUNT, integer=True)
 
     def epochs_for(self, train: TrainSettings) -> list[int]:
         """The checkpoints of the per-example gradient norms, sorted, each once (auto: the epoch

@@ -49,7 +49,14 @@ def load_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        raise ConfigError(f"--config {path}: no such file; name a TOML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a directory; name a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at {e.start}); "
+                          "TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
 

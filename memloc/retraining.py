@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -48,7 +47,7 @@ from memloc.evaluate import ACCURACIES, evaluate, population_metrics
 from memloc.interventions import Frozen, frozen, group_state_names, state_tensors
 from memloc.partial import Split, frontier_bytes, group_paths, split
 from memloc.schedule import one_cycle_lr
-from memloc.settings import check, setting
+from memloc.settings import MAX_COUNT, MAX_EPOCHS, MAX_MB, check, in_range, setting
 from memloc.train import epoch_generator
 from models import in_group
 
@@ -60,24 +59,26 @@ COLUMNS = ["group", "group_index", "epoch", *ACCURACIES]
 class RetrainSettings:
     """The `retrain` section of a run (the authors' values by default)."""
 
-    lr: float = setting(0.01, "peak learning rate of the triangle schedule")
-    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0, falls to 0 at max_epochs)")
-    max_epochs: int = setting(20, "most retraining epochs per layer group")
-    patience: int = setting(3, "stop after this many epochs ended at 100% clean accuracy")
-    batch_size: int = setting(0, "batch size of retraining; 0 = train.batch_size")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(5e-4, "SGD weight decay")
-    cache_mb: int = setting(1024, "memory (MiB) for the frozen activations in front of the group, computed once; larger runs the whole model per batch")
+    lr: float = setting(0.01, "peak learning rate of the triangle schedule, in (0, 10]")
+    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0, falls to 0 at max_epochs), "
+                                "in (0, retrain.max_epochs]")
+    max_epochs: int = setting(20, f"most retraining epochs per layer group, in [1, {MAX_EPOCHS}]")
+    patience: int = setting(3, f"stop after this many epochs ended at 100% clean accuracy, in [1, {MAX_EPOCHS}]")
+    batch_size: int = setting(0, f"batch size of retraining; 0 = train.batch_size; in [0, {MAX_COUNT}]")
+    momentum: float = setting(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = setting(5e-4, "SGD weight decay, in [0, 1]")
+    cache_mb: int = setting(1024, "memory (MiB) for the frozen activations in front of the group, computed once; larger runs the "
+                            f"whole model per batch; in [0, {MAX_MB}]")
 
     def __post_init__(self):
-        check(self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number", self.lr)
-        check(self.max_epochs >= 1, "max_epochs", "an integer >= 1", self.max_epochs)
+        in_range("lr", self.lr, 0, 10, open_lo=True)
+        in_range("max_epochs", self.max_epochs, 1, MAX_EPOCHS, integer=True)
         check(0 < self.peak_epoch <= self.max_epochs, "peak_epoch", f"in (0, retrain.max_epochs={self.max_epochs}]", self.peak_epoch)
-        check(self.patience >= 1, "patience", "an integer >= 1", self.patience)
-        check(self.batch_size >= 0, "batch_size", "0 (= train.batch_size) or an integer >= 1", self.batch_size)
-        check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
-        check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
+        in_range("patience", self.patience, 1, MAX_EPOCHS, integer=True)
+        in_range("batch_size", self.batch_size, 0, MAX_COUNT, integer=True)
+        in_range("momentum", self.momentum, 0, 1, open_hi=True)
+        in_range("weight_decay", self.weight_decay, 0, 1)
+        in_range("cache_mb", self.cache_mb, 0, MAX_MB, integer=True)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from memloc.data import Labels
 from memloc.evaluate import ACCURACIES, population_metrics, predict
 from memloc.interventions import Rewind, group_state_names, intervene
 from memloc.partial import Split, frontier_bytes, group_paths, split, trace
-from memloc.settings import check, epoch_list, setting
+from memloc.settings import MAX_MB, epoch_list, in_range, setting
 from memloc.train import TrainSettings
 
 #: Columns of the `rewinding` table (the explorer reads exactly these).
@@ -51,11 +51,11 @@ class RewindSettings:
 
     epochs: tuple = setting((), "checkpoints each layer group is rewound to; empty = 0, 1, 2, 4, 6, ... and the last epoch")
     include_buffers: bool = setting(True, "rewind BatchNorm running statistics with the parameters (false: parameters only, as the authors did)")
-    cache_mb: int = setting(1024, "memory (MiB) for the activations in front of the rewound group, computed once per group; more data runs in chunks")
+    cache_mb: int = setting(1024, f"memory (MiB) for the activations in front of the rewound group, computed once per group; more data runs in chunks; in [0, {MAX_MB}]")
 
     def __post_init__(self):
         epoch_list(self.epochs, "epochs", "[0, 5, 10]")
-        check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
+        in_range("cache_mb", self.cache_mb, 0, MAX_MB, integer=True)
 
     def epochs_for(self, train: TrainSettings) -> list[int]:
         """The rewind epochs, sorted, each once (auto: 0, 1, 2, 4, 6, ... and the last, of the

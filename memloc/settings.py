@@ -11,6 +11,14 @@ its values when it is built (`__post_init__`), so an invalid settings value cann
         def __post_init__(self):
             check(self.cache_mb >= 0, "cache_mb", "an integer >= 0", self.cache_mb)
 
+A number is checked with `in_range(key, value, lo, hi)`: finite and within bounds a researcher
+finds generous (a learning rate of 1e30 trains a NaN model, a billion epochs or widths run or
+allocate forever), and the help text says the bounds, so `--help` prints them:
+
+        lr: float = setting(0.1, "peak learning rate, in (0, 10]")
+        ...
+        in_range("lr", self.lr, 0, 10, open_lo=True)
+
 `memloc.config.RunConfig` composes them into one run's configuration (one section each),
 `memloc.overrides` reads presets, TOML files and `--set key=value` into it, and `--help` prints
 the help texts. A check names its field; the override engine adds the section, so the user
@@ -22,6 +30,14 @@ from __future__ import annotations
 import dataclasses
 import types
 from typing import Any
+
+from models.base import check_range
+
+#: Bounds shared by many settings (their help texts say them).
+MAX_EPOCHS = 10_000  # epochs of a training or retraining
+MAX_COUNT = 10_000_000  # examples, batch sizes, chunk sizes, subsets: far above any data set memloc reads
+MAX_SEED = 2**32 - 1  # seeds (numpy's SeedSequence takes no negative ones)
+MAX_MB = 1_048_576  # memory budgets in MiB (1 TiB)
 
 
 class ConfigError(ValueError):
@@ -37,6 +53,16 @@ def check(ok: bool, key: str, allowed: str, value: Any) -> None:
     """Raise `ConfigError("key: allowed, got value")` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {allowed}, got {value!r}")
+
+
+def in_range(key: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+             open_lo: bool = False, open_hi: bool = False) -> None:
+    """Raise `ConfigError("key: a number in (lo, hi], got value")` unless `value` is a finite
+    number (an integer if `integer`) from `lo` to `hi`, each end included unless open."""
+    try:
+        check_range(key, value, lo, hi, integer=integer, open_lo=open_lo, open_hi=open_hi)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def epoch_list(values: tuple, key: str, example: str) -> None:
@@ -56,4 +82,4 @@ def plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "setting", "check", "epoch_list", "plain"]
+__all__ = ["ConfigError", "MAX_EPOCHS", "MAX_COUNT", "MAX_SEED", "MAX_MB", "setting", "check", "in_range", "epoch_list", "plain"]

@@ -16,7 +16,6 @@ itself (`reduction="none"`, no extra pass; table `example_training`).
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +28,7 @@ from torch import nn
 
 from memloc.data import Dataset, augment
 from memloc.schedule import one_cycle_lr
-from memloc.settings import check, setting
+from memloc.settings import MAX_COUNT, MAX_EPOCHS, MAX_SEED, check, in_range, setting
 from models.example_tied_dropout import mask_table
 
 
@@ -37,25 +36,26 @@ from models.example_tied_dropout import mask_table
 class TrainSettings:
     """The `train` section of a run: PAPER.md's optimizer and schedule."""
 
-    epochs: int = setting(50, "training epochs (a checkpoint is kept after each; epoch 0 = init)")
-    batch_size: int = setting(512, "training batch size")
-    lr: float = setting(0.1, "peak learning rate of the one-cycle schedule")
-    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0)")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(5e-4, "SGD weight decay")
-    seed: int = setting(0, "seed of model initialization and batch order")
-    eval_batch_size: int = setting(4096, "batch size of evaluation passes")
+    epochs: int = setting(50, f"training epochs (a checkpoint is kept after each; epoch 0 = init), in [1, {MAX_EPOCHS}]")
+    batch_size: int = setting(512, f"training batch size, in [1, {MAX_COUNT}]")
+    lr: float = setting(0.1, "peak learning rate of the one-cycle schedule, in (0, 10]")
+    peak_epoch: float = setting(10.0, "epoch at which the learning rate peaks (rises linearly from 0), in (0, train.epochs]")
+    momentum: float = setting(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = setting(5e-4, "SGD weight decay, in [0, 1]")
+    seed: int = setting(0, f"seed of model initialization and batch order, in [0, {MAX_SEED}]")
+    eval_batch_size: int = setting(4096, f"batch size of evaluation passes, in [1, {MAX_COUNT}]")
     keep_epochs: str = setting("", "checkpoints kept on disk: empty = every epoch; else epochs and ranges, e.g. "
                                "0-10,15-50/5 (0 to 10, then every 5th from 15 to 50); 0 and the last are always kept")
 
     def __post_init__(self):
-        check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
-        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
-        check(self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number", self.lr)
+        in_range("epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        in_range("batch_size", self.batch_size, 1, MAX_COUNT, integer=True)
+        in_range("eval_batch_size", self.eval_batch_size, 1, MAX_COUNT, integer=True)
+        in_range("lr", self.lr, 0, 10, open_lo=True)
         check(0 < self.peak_epoch <= self.epochs, "peak_epoch", f"in (0, train.epochs={self.epochs}]", self.peak_epoch)
-        check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        in_range("momentum", self.momentum, 0, 1, open_hi=True)
+        in_range("weight_decay", self.weight_decay, 0, 1)
+        in_range("seed", self.seed, 0, MAX_SEED, integer=True)
         self.kept_epochs()  # checks the policy
 
     def kept_epochs(self, epochs: int | None = None) -> list[int]:

@@ -28,6 +28,8 @@ _ARCHITECTURES = {
     "vit": (ViT, ViTConfig),
 }
 NAMES = tuple(_ARCHITECTURES)
+#: Each architecture's config dataclass: its fields are the options `build` takes.
+CONFIGS: dict[str, type] = {name: config_cls for name, (_, config_cls) in _ARCHITECTURES.items()}
 
 
 def build(name: str, input_shape: tuple[int, int, int], num_classes: int,
@@ -44,4 +46,4 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int,
     return model_cls(input_shape, num_classes, make_config(name, config_cls, options))
 
 
-__all__ = ["NAMES", "build", "group_members", "group_of", "in_group"]
+__all__ = ["NAMES", "CONFIGS", "build", "group_members", "group_of", "in_group"]

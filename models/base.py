@@ -16,6 +16,7 @@ Every model built by `models.build` declares
 from __future__ import annotations
 
 import dataclasses
+import math
 from itertools import chain
 from typing import Any
 
@@ -30,6 +31,22 @@ def check_input(input_shape: tuple[int, int, int], num_classes: int) -> tuple[in
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     return shape
+
+
+def check_range(key: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+                open_lo: bool = False, open_hi: bool = False) -> None:
+    """Raise ValueError("key: a number in (lo, hi], got value") unless `value` is a finite number
+    (an integer if `integer`; never a bool) from `lo` to `hi`, each end included unless open.
+
+    The one range check of memloc's settings and the zoo's options (`memloc.settings.in_range`
+    is this one raising ConfigError): numbers that are too large allocate forever or train a
+    NaN model long before anything says so."""
+    number = isinstance(value, int) or (isinstance(value, float) and not integer)
+    ok = number and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
+    ok = ok and (lo < value if open_lo else lo <= value) and (value < hi if open_hi else value <= hi)
+    if not ok:
+        span = f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+        raise ValueError(f"{key}: {'an integer' if integer else 'a number'} in {span}, got {value!r}")
 
 
 def scaled(channels: int, width: float) -> int:

@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.base import check_range
+
 MODES = ("train", "test", "drop")
 
 _MASK64 = (1 << 64) - 1
@@ -127,7 +129,7 @@ class DropoutOptions:
 
     p_gen: float = field(default=0.2, metadata={"help": "share of each dropout layer's units that are generalization units (always on), in (0, 1)"})
     p_mem: float = field(default=0.1, metadata={"help": "probability that an example keeps a given memorization unit, in (0, 1)"})
-    seed: int = field(default=0, metadata={"help": "seed of the example-tied masks (a mask is a function of example id, layer, seed)"})
+    seed: int = field(default=0, metadata={"help": "seed of the example-tied masks (a mask is a function of example id, layer, seed), in [0, 4294967295]"})
     after: tuple = field(default=(), metadata={"help": "blocks / hidden layers followed by example-tied dropout; empty = all the model offers"})
 
     def __post_init__(self):
@@ -135,8 +137,7 @@ class DropoutOptions:
             p = getattr(self, name)
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
                 raise ValueError(f"{name}: a fraction in (0, 1), got {p!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed: an integer, got {self.seed!r}")
+        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
         if isinstance(self.after, str) or not all(isinstance(a, str) for a in self.after):
             raise ValueError(f"after: a list of block names, got {self.after!r}")
         object.__setattr__(self, "after", tuple(self.after))  # accept a list, e.g. from JSON

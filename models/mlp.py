@@ -21,18 +21,20 @@ import torch
 from torch import nn
 
 from models import example_tied_dropout as etd
-from models.base import check_input, options_of
+from models.base import check_input, check_range, options_of
 
 
 @dataclass(frozen=True)
 class MLPConfig:
-    hidden: tuple[int, ...] = (512, 512)  # neurons per hidden layer, input to output; () = linear
+    hidden: tuple[int, ...] = (512, 512)  # neurons per hidden layer, input to output; () = linear; at most 8 of 1..8192
     example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [fc1, ...]; None = off
 
     def __post_init__(self):
+        if not isinstance(self.hidden, (list, tuple)) or len(self.hidden) > 8:
+            raise ValueError(f"mlp: hidden: a list of at most 8 layer widths, got {self.hidden!r}")
         hidden = tuple(self.hidden)
-        if not all(isinstance(h, int) and h >= 1 for h in hidden):
-            raise ValueError(f"mlp: hidden must be positive ints, got {self.hidden!r}")
+        for h in hidden:
+            check_range("mlp: hidden", h, 1, 8192, integer=True)  # 8 x 8192: 495M parameters
         object.__setattr__(self, "hidden", hidden)  # accept a list, e.g. from JSON
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from models import example_tied_dropout as etd
-from models.base import check_input, options_of, scaled
+from models.base import check_input, check_range, options_of, scaled
 
 #: Where example-tied dropout may follow a block (the residual stages count as one block each).
 DROPOUT_PLACES = ("prep", "layer1", "res1", "layer2", "res2", "layer3")
@@ -41,12 +41,11 @@ DROPOUT_PLACES = ("prep", "layer1", "res1", "layer2", "res2", "layer3")
 
 @dataclass(frozen=True)
 class ResNet9Config:
-    width: float = 1.0  # multiplier of every channel count (64, 128, 256)
+    width: float = 1.0  # multiplier of every channel count (64, 128, 256); in (0, 8] (8: 144M parameters)
     example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [prep, ...]; None = off
 
     def __post_init__(self):
-        if not isinstance(self.width, (int, float)) or self.width <= 0:
-            raise ValueError(f"resnet9: width must be a positive number, got {self.width!r}")
+        check_range("resnet9: width", self.width, 0, 8, open_lo=True)
         object.__setattr__(self, "width", float(self.width))
 
 

@@ -21,26 +21,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import check_input, options_of
+from models.base import check_input, check_range, options_of
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    patch: int = 4  # patch side in pixels; must divide the image height and width
-    dim: int = 192  # token width
-    depth: int = 6  # number of transformer blocks
-    heads: int = 3  # attention heads; must divide dim
-    mlp_ratio: float = 2.0  # MLP hidden width as a multiple of dim
+    patch: int = 4  # patch side in pixels, in [1, 32]; must divide the image height and width
+    dim: int = 192  # token width, in [1, 1024]
+    depth: int = 6  # number of transformer blocks, in [1, 24]
+    heads: int = 3  # attention heads, in [1, 1024]; must divide dim
+    mlp_ratio: float = 2.0  # MLP hidden width as a multiple of dim, in (0, 8]
 
     def __post_init__(self):
-        for name in ("patch", "dim", "depth", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"vit: {name} must be a positive int, got {value!r}")
+        # At the largest: 504M parameters (ViT-Large has 304M).
+        for name, hi in (("patch", 32), ("dim", 1024), ("depth", 24), ("heads", 1024)):
+            check_range(f"vit: {name}", getattr(self, name), 1, hi, integer=True)
         if self.dim % self.heads:
             raise ValueError(f"vit: heads ({self.heads}) must divide dim ({self.dim})")
-        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
-            raise ValueError(f"vit: mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        check_range("vit: mlp_ratio", self.mlp_ratio, 0, 8, open_lo=True)
         object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
 
 

@@ -8,6 +8,7 @@
     python -m precompute summarize SWEEP
     python -m precompute report RUN_OR_SWEEP [--format md|html] [--out FILE]
     python -m precompute list [ROOT]
+    python -m precompute verify RUN_OR_ROOT
 
 Every user mistake (unknown preset or key, bad value, missing data set, a run directory that
 holds another config or is in use) ends with one line on stderr naming the fix and exit
@@ -106,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("target", metavar="RUN_OR_SWEEP", help="run or sweep directory")
     rep.add_argument("--format", choices=("md", "html"), default="md", help="Markdown (default) or one HTML page")
     rep.add_argument("--out", help="write to FILE (default: standard output)")
+    ver = sub.add_parser(
+        "verify", help="check every file of a run, a sweep or a runs root against its manifest",
+        description="Check every file a run's manifest lists (present, inside the run, its size and sha256) for a run, "
+        "a sweep's points or every run under a runs root. Prints what is wrong and the command that recreates it; "
+        "exit status 1 when anything is.")
+    ver.add_argument("target", metavar="RUN_OR_ROOT", help="run, sweep or runs root directory")
     lst = sub.add_parser("list", help="list run and sweep directories, their stages, key numbers and point counts")
     lst.add_argument("root", nargs="?", help="runs root (default: $MEMLOC_RUNS or ./runs)")
     return parser
@@ -123,6 +130,21 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _check_out(path: str) -> None:
+    """Refuse an --out that cannot become a writable directory (a file, under a file, read-only),
+    before anything is written."""
+    out = Path(path)
+    if os.path.lexists(out) and not out.is_dir():
+        raise ConfigError(f"--out {path}: is a file, not a directory; choose another --out")
+    existing = out
+    while not os.path.lexists(existing):  # the directory, or the nearest folder above it that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {path}: {existing} is a file, so no directory can be made under it; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: {existing} is not writable (read-only, or not yours); choose a writable --out")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     layers = [overrides.load_toml(args.config)] if args.config else []
     sets = list(args.overrides)
@@ -133,6 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = overrides.resolve(args.preset, *layers, overrides=sets)
     device = _device(args.device)
     out = args.out or str(runs_root() / args.preset)
+    _check_out(out)
     print(f"precompute run -> {out} on {device}")
     print(json.dumps(cfg.to_dict(), indent=2))
     disk = checkpoint_disk(cfg)
@@ -150,6 +173,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = overrides.load_toml(args.config) if args.config else None
     grid = grid_from(args.preset, args.overrides, args.grid, spec)
+    _check_out(args.out)
     if args.device != "cpu":
         _device(args.device)
     return run_sweep(grid, args.out, args.jobs, args.backend, args.scheduler, args.device, args.retry_failed)
@@ -202,17 +226,56 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if Run(target).exists():
+        runs = [Run(target)]
+    elif Sweep(target).exists():
+        runs = Sweep(target).runs()
+    elif target.is_dir():
+        runs = list_runs(target) + [run for s in list_sweeps(target) for run in _points(s)]
+    else:
+        raise RunError(f"no run, sweep or runs root at {target}; `python -m precompute list` shows the runs")
+    damaged = 0
+    for run in runs:
+        problems = run.verify()
+        label = run.path.relative_to(target).as_posix() if run.path != target else run.name
+        if not problems:
+            print(f"ok       {label} ({len(run.manifest()['files'])} files, sizes and sha256 checked)")
+            continue
+        damaged += 1
+        print(f"DAMAGED  {label}")
+        for problem in problems:
+            print(f"           {problem.rel}: {problem.what}")
+        print(f"         recreate with: {run.heal_command()}")
+    print(f"{len(runs) - damaged} of {len(runs)} run(s) intact" if runs else f"no runs under {target}")
+    return 1 if damaged else 0
+
+
+def _points(target: Sweep) -> list[Run]:
+    try:
+        return target.runs()
+    except RunError as e:
+        print(f"sweep {target.name}: unreadable record ({e})")
+        return []
+
+
 def _describe(run: Run) -> str:
     try:
         manifest = run.manifest()
     except RunError as e:
         return f"{run.name}: unreadable ({e})"
+    problems = run.verify(checksums=False)
     cfg = manifest["config"]
-    parts = [f"{run.name}: {cfg['data']['name']} / {cfg['model']['name']}, noise {cfg['data']['noise_frac']}"]
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    parts = [f"{run.name}: {data.get('name', '?')} / {model.get('name', '?')}, noise {data.get('noise_frac', '?')}"]
     for name, stage in manifest["stages"].items():
         numbers = {k: v for k, v in stage.items() if k.endswith("_acc")}
         extra = "  " + " ".join(f"{k}={v}" for k, v in numbers.items()) if numbers else ""
         parts.append(f"  {name}: {stage.get('status', '?')} ({stage.get('seconds', 0):.1f} s){extra}")
+    if problems:
+        parts.append(f"  DAMAGED: {len(problems)} file(s) missing or changed (`python -m precompute verify {run.path}` "
+                     f"says which; `{run.heal_command()}` recreates them)")
     return "\n".join(parts)
 
 
@@ -220,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _cmd_run, "sweep": _cmd_sweep, "summarize": _cmd_summarize, "report": _cmd_report,
-                    "list": _cmd_list}
+                    "list": _cmd_list, "verify": _cmd_verify}
         return commands[args.command](args)
     except (ConfigError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from memloc import flipping
 from memloc.evaluate import predict
-from memloc.settings import ConfigError
 from precompute.stage import Resumable, StageContext, concat
 
 
@@ -28,11 +27,8 @@ def _targets(ctx: StageContext, model: torch.nn.Module) -> list[int]:
     cfg = ctx.config.flip
     n_train = ctx.data.num_train
     if cfg.example_ids:
-        ids = list(cfg.example_ids)
-        bad = [i for i in ids if i >= n_train]
-        if bad:
-            raise ConfigError(f"flip.example_ids: ids of training examples (0..{n_train - 1}), got {bad[0]}")
-        return list(dict.fromkeys(ids))  # each example once, in the given order
+        cfg.check_example_ids(n_train)
+        return list(dict.fromkeys(cfg.example_ids))  # each example once, in the given order
     preds = predict(model, ctx.data.train_x, ctx.config.train.eval_batch_size).argmax(1)
     return flipping.select_targets(preds, ctx.labels.train_labels, ctx.labels.is_noisy, cfg.n_noisy, cfg.n_clean, cfg.seed)
 

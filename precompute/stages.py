@@ -4,8 +4,13 @@ A stage is a function of a `StageContext` (`precompute/stage.py`) in its own mod
 its progress in a `Resumable`, writes its tables when it finishes and returns a few key numbers
 for the manifest. The runner marks a stage complete only after the function returned (so after
 its files are in place), skips stages already complete, and lets an interrupted stage resume
-from its own saved state. An analysis adds its stage function to `STAGES` here and its name
-and tables to `memloc.config.STAGES` and `STAGE_TABLES`.
+from its own saved state. Before it skips anything it checks every file of the run against the
+manifest (`Run.verify`): a stage with a missing or damaged file starts over, and so do the
+stages that read it (every later stage reads the checkpoints of `train`), each with one line
+saying why; damaged labels are written again from the data.
+
+An analysis adds its stage function to `STAGES` here and its name and tables to
+`memloc.config.STAGES` and `STAGE_TABLES`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any, Callable
 import torch
 
 from memloc import data as data_mod
-from memloc.config import RunConfig
+from memloc.config import STAGES as STAGE_ORDER
+from memloc.config import TABLE_STAGE, RunConfig
 from memloc.overrides import LOCATION_KEYS, flatten
-from memloc.store import Run, RunError
+from memloc.store import Problem, Run, RunError
 from precompute.dropout import dropout_stage
 from precompute.example_gradients import example_gradients_stage
 from precompute.flip import flip_stage
@@ -46,6 +52,40 @@ def _differences(run_config: dict[str, Any], asked: dict[str, Any]) -> list[str]
             for key in sorted(set(a) | set(b)) if key not in ignored and a.get(key) != b.get(key)]
 
 
+#: The stage that writes each variant's checkpoints.
+CHECKPOINT_STAGE = {"plain": "train", "dropout": "dropout"}
+
+
+def _heal(run: Run, problems: list[Problem], log: Callable[[str], None]) -> list[str]:
+    """Forget the damaged files and mark the stages that wrote them, and the stages that read
+    them, as to run again (from the start); returns those stages in order."""
+    owners = {p.name if p.kind == "state" else CHECKPOINT_STAGE.get(p.name) if p.kind == "checkpoint"
+              else TABLE_STAGE.get(p.name) if p.kind == "table" else None for p in problems}
+    if "train" in owners:  # every other stage reads the plain model's checkpoints
+        owners |= {name for name in STAGE_ORDER if run.stage(name)}
+    again = [name for name in STAGE_ORDER if name in owners]
+    for problem in problems:
+        log(f"{problem.rel}: {problem.what}")
+    run.forget(problems)
+    for name in again:
+        run.drop_state(name)
+        if run.stage(name):
+            run.update_stage(name, status="damaged", seconds=0.0)
+    if again:
+        log(f"stages {', '.join(again)} run again from the start to recreate what is damaged")
+    return again
+
+
+def _check_before_writing(cfg: RunConfig, ds: data_mod.Dataset, run: Run) -> None:
+    """What only the data or the run directory can tell, checked before anything is written
+    (the lock included): the flip targets are training examples, and a new run starts with
+    stage train, whose checkpoints every other stage reads."""
+    cfg.flip.check_example_ids(ds.num_train)
+    if cfg.stages[0] != "train" and not run.exists():
+        raise RunError(f"stages: {run.path} holds no run yet and a new run starts with train, got {list(cfg.stages)}; "
+                       f"put train first, e.g. stages={['train', *(s for s in cfg.stages if s != 'train')]}")
+
+
 def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str], None] = print,
             wait: Callable[[str], None] | None = None) -> Run:
     """Run the configured stages into the run directory `out`, resuming what is there. A run
@@ -53,6 +93,7 @@ def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str],
     ds = data_mod.load_data(cfg.data)
     labels = data_mod.make_labels(cfg.data, ds)
     run = Run(out)
+    _check_before_writing(cfg, ds, run)
     with run.lock(wait):
         fingerprint = data_mod.fingerprint(ds)
         if run.exists():
@@ -67,6 +108,11 @@ def execute(cfg: RunConfig, out: str, device: torch.device, log: Callable[[str],
                 raise RunError(f"{run.path} was trained on different {cfg.data.name} data (fingerprint mismatch); choose another --out")
             run.update_config(cfg.to_dict())  # the stages asked for now, and where the data is now
             log(f"resuming {run.path}")
+            problems = run.verify()
+            if problems:
+                _heal(run, problems, log)
+            if any(p.kind == "labels" for p in problems):
+                run.write_labels(labels.true_labels.numpy(), labels.train_labels.numpy(), labels.is_noisy.numpy())
         else:
             run.create(cfg.to_dict(), fingerprint, cfg.train.seed)
             run.write_labels(labels.true_labels.numpy(), labels.train_labels.numpy(), labels.is_noisy.numpy())

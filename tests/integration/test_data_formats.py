@@ -138,9 +138,11 @@ def write_cifar10(root):
             "data": images.reshape(len(images), 3072),
             "filenames": [f"{file_name}_{j}.png" for j in range(len(images))],
         }
-        (folder / file_name).write_bytes(pickle.dumps(batch, protocol=2))
+        # Protocol 3 pickles bytes as bytes, so the array needs only the globals of the real
+        # files (protocol 2 of Python 3 adds _codecs.encode, which memloc's reader refuses).
+        (folder / file_name).write_bytes(pickle.dumps(batch, protocol=3))
     meta = {"num_cases_per_batch": 10000, "label_names": CIFAR_CLASSES, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
     return train, test
 
 

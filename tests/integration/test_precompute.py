@@ -105,7 +105,7 @@ def test_cli_smoke_end_to_end_in_seconds(tmp_path):
     "args, message",
     [
         (["--preset", "tiny"], "--preset: one of smoke, demo"),
-        (["--set", "data.noise_frac=1.5"], "data.noise_frac: a fraction in [0, 1), got 1.5"),
+        (["--set", "data.noise_frac=1.5"], "data.noise_frac: a number in [0, 1), got 1.5"),
         (["--set", "train.epocs=3"], "unknown key 'train.epocs'"),
         (["--set", "data.name=mnist", "--data-root", "{tmp}/nodata"], "--download"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),

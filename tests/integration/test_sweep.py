@@ -178,7 +178,7 @@ def test_a_sigkilled_driver_loses_nothing_complete_and_the_rerun_finishes(tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grid", "data.noise_frac=0.1,2.0"], "error: point noise_frac=2: data.noise_frac: a fraction in [0, 1), got 2.0"),
+    (["--grid", "data.noise_frac=0.1,2.0"], "error: point noise_frac=2: data.noise_frac: a number in [0, 1), got 2.0"),
     (["--grid", "train.seeds=0,1"], "error: point seeds=0: unknown key 'train.seeds'"),
     (["--grid", "model.name=mlp,vit"], "error: point name=vit: dropout: model 'vit' has no example-tied dropout"),
     (["--grid", "train.seed=0", "--backend", "ray"], "error: --backend: one of loky, dask, got 'ray'"),

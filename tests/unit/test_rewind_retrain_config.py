@@ -30,10 +30,10 @@ def test_auto_rewind_epochs_are_0_1_then_every_second_and_the_last():
     ("rewind.epochs=[0, 4]", "rewind.epochs: epochs in 0..train.epochs=3"),
     ("rewind.epochs=[-1]", "rewind.epochs: a list of epochs"),
     ("rewind.include_buffers=1", "rewind.include_buffers: true or false"),
-    ("retrain.max_epochs=0", "retrain.max_epochs: an integer >= 1"),
+    ("retrain.max_epochs=0", r"retrain.max_epochs: an integer in \[1, 10000\]"),
     ("retrain.peak_epoch=30.0", "retrain.peak_epoch: in \\(0, retrain.max_epochs=3\\]"),
-    ("retrain.patience=0", "retrain.patience: an integer >= 1"),
-    ("retrain.lr=0", "retrain.lr: a positive number"),
+    ("retrain.patience=0", r"retrain.patience: an integer in \[1, 10000\]"),
+    ("retrain.lr=0", r"retrain.lr: a number in \(0, 10\]"),
     ("retrain.batch_size=-2", "retrain.batch_size"),
 ])
 def test_bad_values_name_the_key(override, message):
