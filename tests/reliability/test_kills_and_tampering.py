@@ -278,3 +278,12 @@ def test_a_run_linked_in_from_outside_the_root_is_neither_listed_nor_opened(smok
     assert run_in_root(root, "inside").name == "inside"
     for name in ("../root/inside", "inside/..", ".", "inside/x"):
         assert run_in_root(root, name) is None
+
+
+def test_the_cache_key_of_a_run_changes_when_a_listed_file_is_replaced(smoke_copy):
+    before = smoke_copy.stamp()
+    table = smoke_copy.path / "tables/flipping.parquet"
+    data = table.read_bytes()
+    table.unlink()
+    table.write_bytes(data)  # the same bytes, a new file: the explorer must not serve its old read
+    assert smoke_copy.stamp() != before
