@@ -78,8 +78,9 @@ def test_the_opened_dropout_model_gives_the_recorded_numbers(smoke_run):
 
 def test_dropout_stage_needs_the_main_model(tmp_path):
     cfg = overrides.resolve("smoke", overrides=['stages=["dropout"]'])
-    with pytest.raises(RunError, match="run stage train first"):
+    with pytest.raises(RunError, match=r"a new run starts with train, got \['dropout'\]; put train first"):
         execute(cfg, str(tmp_path / "alone"), torch.device("cpu"), log=_quiet)
+    assert not (tmp_path / "alone").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("sets, fragment", [
