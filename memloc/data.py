@@ -16,9 +16,8 @@ Data sets and where they come from (DESIGN.md, "Data"):
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits; always available, no network.
 - ``fashion-mnist``, ``mnist``: gzipped or plain IDX files in torchvision's layout under the
   data root; Fashion-MNIST is also found in Debian's ``dataset-fashion-mnist`` package.
-- ``cifar10``: the python batches of ``cifar-10-python.tar.gz`` (torchvision's layout and
-  checksums), read without running any pickled code: a restricted unpickler admits only the
-  few numpy globals that rebuild their arrays.
+- ``cifar10``: the batches of CIFAR-10's binary release (``cifar-10-binary.tar.gz``), plain
+  bytes read with numpy; the python release is pickled, so memloc does not read it.
 - ``svhn``: torchvision's data set class on the data root.
 
 Only with ``download=True`` does torchvision fetch anything. A data set that cannot be found
@@ -31,7 +30,6 @@ import gzip
 import hashlib
 import math
 import os
-import pickle
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -411,85 +409,57 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-# CIFAR-10's python batches are pickled dicts of strings, lists of ints and strings, and one
-# uint8 array; rebuilding that array takes exactly these globals (numpy 1 and the Python 2
-# pickles of the real files name the module numpy.core, numpy 2 numpy._core). Every other
-# global is refused, never imported, so a batch cannot run code.
-_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's _reconstruct, whatever module holds it
-_CIFAR_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+#: CIFAR-10's binary release (https://www.cs.toronto.edu/~kriz/cifar.html): its archive with the
+#: MD5 the page publishes, the folder it unpacks to, its batches and the class names file.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR10_TEST = "test_batch.bin"
+_CIFAR10_META = "batches.meta.txt"
+_CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the image
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Reads a CIFAR-10 python batch, admitting only `_CIFAR_GLOBALS`."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _CIFAR_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which no CIFAR-10 batch holds") from None
-
-
-def _read_cifar_pickle(path: Path) -> dict:
-    """The dict pickled in one file of ``cifar-10-batches-py`` (Python 2 strings read as latin-1,
-    as torchvision does); `DataError` if it holds anything else."""
-    try:
-        with open(path, "rb") as f:
-            content = _CifarUnpickler(f, encoding="latin1").load()
-    except OSError:
-        raise
-    except Exception as exc:  # whatever garbage or a refused global raises while unpickling
-        raise _corrupted(path, f"it is not a CIFAR-10 python batch ({exc})") from None
-    if not isinstance(content, dict):
-        raise _corrupted(path, f"it holds a {type(content).__name__}, not the dict of a CIFAR-10 python batch")
-    return content
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
-    """Images (N, 3, 32, 32) uint8 and labels of one batch: its "data" rows hold an image's 1024
-    red, then 1024 green, then 1024 blue values, each channel row-major."""
-    batch = _read_cifar_pickle(path)
-    images, labels = batch.get("data"), batch.get("labels")
-    ok = (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == 3072
-          and isinstance(labels, list) and len(labels) == len(images)
-          and all(isinstance(y, int) and 0 <= y < 10 for y in labels))
-    if not ok:
-        raise _corrupted(path, 'its "data" and "labels" are not uint8 rows of 3072 values and a label 0..9 for each')
-    return images.reshape(-1, 3, 32, 32), labels
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels of one batch of the binary release: records of a
+    label byte (0..9) and an image's 1024 red, then 1024 green, then 1024 blue values, each
+    channel row-major."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _CIFAR10_RECORD:
+        raise _corrupted(path, f"its {raw.size} bytes are not whole records of {_CIFAR10_RECORD} (a label and an image)")
+    records = raw.reshape(-1, _CIFAR10_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise _corrupted(path, "a record's label byte is not a class 0..9")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
-    """CIFAR-10 from ``<root>/cifar-10-batches-py/`` (torchvision's layout, checked against its
-    MD5 checksums), read through `_CifarUnpickler`: no pickled code runs."""
-    spec = torchvision.datasets.CIFAR10  # where the files are, their checksums, the download
-    folder = root / spec.base_folder
-    files = [*spec.train_list, *spec.test_list, [spec.meta["filename"], spec.meta["md5"]]]
-
-    def intact() -> bool:
-        # the check torchvision's CIFAR10 makes (through its module, so tests can stand in for it)
-        return all(torchvision.datasets.cifar.check_integrity(str(folder / name), md5) for name, md5 in files)
-
+    """CIFAR-10 from ``<root>/cifar-10-batches-bin/``, the binary release: plain bytes, read with
+    numpy, so no pickle is involved (the python release, torchvision's, is pickled). `--download`
+    fetches the archive and checks its published MD5; the batches are checked record by record."""
+    folder = root / CIFAR10_FOLDER
+    files = [folder / name for name in (*_CIFAR10_TRAIN, _CIFAR10_TEST, _CIFAR10_META)]
     with _torchvision_errors("cifar10", root, download):
-        if not intact() and download:
-            torchvision.datasets.utils.download_and_extract_archive(spec.url, str(root), filename=spec.filename,
-                                                                    md5=spec.tgz_md5)
-        if not intact():
-            raise _missing("cifar10", root, f"no complete, intact copy of its files is in {root}")
-        train = [_read_cifar_batch(folder / name) for name, _ in spec.train_list]
-        test_x, test_y = _read_cifar_batch(folder / spec.test_list[0][0])
-        classes = _read_cifar_pickle(folder / spec.meta["filename"]).get("label_names")
-    if not (isinstance(classes, list) and len(classes) == 10 and all(isinstance(c, str) for c in classes)):
-        raise _corrupted(folder / spec.meta["filename"], "its label_names are not the names of 10 classes")
+        if not all(f.is_file() for f in files) and download:
+            torchvision.datasets.utils.download_and_extract_archive(CIFAR10_URL, str(root), md5=CIFAR10_MD5)
+        if not all(f.is_file() for f in files):
+            python_release = (root / "cifar-10-batches-py").is_dir()
+            raise _missing("cifar10", root, f"{folder} is not complete"
+                           + (" (memloc reads the binary release, not the pickled python one in cifar-10-batches-py)"
+                              if python_release else ""))
+        train = [_read_cifar_batch(folder / name) for name in _CIFAR10_TRAIN]
+        test_x, test_y = _read_cifar_batch(folder / _CIFAR10_TEST)
+        classes = [line.strip() for line in (folder / _CIFAR10_META).read_text(encoding="ascii", errors="replace").splitlines()
+                   if line.strip()]
+    if len(classes) != 10:
+        raise _corrupted(folder / _CIFAR10_META, "it does not name 10 classes, one per line")
     return Dataset(
         name="cifar10",
         train_x=_normalize(torch.from_numpy(np.concatenate([x for x, _ in train])), 255),
-        true_labels=torch.as_tensor([y for _, labels in train for y in labels], dtype=torch.int64),
-        test_x=_normalize(torch.from_numpy(np.array(test_x)), 255),
-        test_labels=torch.as_tensor(test_y, dtype=torch.int64),
+        true_labels=torch.from_numpy(np.concatenate([y for _, y in train])),
+        test_x=_normalize(torch.from_numpy(test_x.copy()), 255),
+        test_labels=torch.from_numpy(test_y),
         classes=tuple(classes),
     )
 
@@ -564,8 +534,8 @@ def _where_files_go(name: str, root: Path) -> str:
     """Where the files of data set `name` belong under the data root (torchvision's layout)."""
     if name == "cifar10":
         return (
-            f"{root / 'cifar-10-batches-py'}/ (data_batch_1 to data_batch_5, test_batch and "
-            "batches.meta, as unpacked from cifar-10-python.tar.gz)"
+            f"{root / CIFAR10_FOLDER}/ (data_batch_1.bin to data_batch_5.bin, test_batch.bin and "
+            f"batches.meta.txt, as unpacked from {CIFAR10_URL}: the binary release, not the pickled python one)"
         )
     if name == "svhn":
         return f"{root / 'train_32x32.mat'} and {root / 'test_32x32.mat'}"

@@ -251,7 +251,7 @@ def test_missing_data_set_says_how_to_get_it(name, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, downloader, attribute", [
     ("mnist", torchvision.datasets.MNIST, "download"),
-    ("cifar10", torchvision.datasets.utils, "download_and_extract_archive"),  # memloc reads the batches itself
+    ("cifar10", torchvision.datasets.utils, "download_and_extract_archive"),  # the binary release, read by memloc
     ("svhn", torchvision.datasets.SVHN, "download"),
 ])
 def test_failed_download_is_a_data_error(name, downloader, attribute, tmp_path, monkeypatch):
