@@ -6,7 +6,8 @@ declared): `data` in `memloc.data`, `train` in `memloc.train`, `gradients` in
 `memloc.flipping`, `dropout` in `memloc.dropout` (whose example-tied dropout options are the
 model zoo's). `model` (an architecture of the zoo and its options) is the one section declared
 here. This module only composes them and checks what spans sections, building the model once
-so that bad architecture options fail before anything runs.
+so that bad architecture options fail before anything runs (the one check that imports torch:
+it comes after every section's own, `memloc.lazy`).
 
 Presets, TOML files and `--set key=value` become a `RunConfig` through `memloc.overrides`.
 The defaults are PAPER.md's training setting: SGD with momentum 0.9, weight decay 5e-4,

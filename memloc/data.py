@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-import torchvision
 
+from memloc.lazy import lazy
 from memloc.settings import MAX_COUNT, MAX_SEED, check, in_range, setting
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+torchvision = lazy("torchvision")
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
 

@@ -26,16 +26,19 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
-import torch
-from torch import nn
 
 from memloc.data import Dataset, Labels
 from memloc.evaluate import ACCURACIES, population_metrics
 from memloc.interventions import eval_mode
+from memloc.lazy import lazy, no_grad
 from memloc.settings import MAX_EPOCHS, in_range, setting
 from memloc.train import TrainSettings
-from models.example_tied_dropout import MODES, DropoutOptions, dropout_mode
+from models.base import DropoutOptions
+
+pd = lazy("pandas")
+torch = lazy("torch")
+nn = lazy("torch.nn")
+etd = lazy("models.example_tied_dropout")  # its layers are nn.Modules: torch
 
 #: Columns of the `dropout` table.
 COLUMNS = ["mode", *ACCURACIES]
@@ -59,7 +62,7 @@ class DropoutSettings(DropoutOptions):
         return dataclasses.replace(train, epochs=self.epochs or train.epochs)
 
 
-@torch.no_grad()
+@no_grad
 def predict_mode(model: nn.Module, x: torch.Tensor, mode: str | None, batch_size: int = 4096,
                  example_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (N, K) in eval mode; `mode` is the dropout mode (None: a model without dropout).
@@ -70,7 +73,7 @@ def predict_mode(model: nn.Module, x: torch.Tensor, mode: str | None, batch_size
         if mode is None:
             return torch.cat([model(xb) for xb in x.split(batch_size)])
         ids = example_ids.split(batch_size) if mode == "train" else [None] * len(x.split(batch_size))
-        with dropout_mode(model, mode):
+        with etd.dropout_mode(model, mode):
             return torch.cat([model(xb, example_ids=ib) for xb, ib in zip(x.split(batch_size), ids)])
 
 
@@ -88,7 +91,7 @@ def evaluate_modes(dropout_model: nn.Module, plain_model: nn.Module, data: Datas
     the dropout variant in modes train, test and drop and for the plain variant (`plain`)."""
     train_ids = torch.arange(data.num_train, device=data.train_x.device)  # (N,)
     rows, examples = [], []
-    for mode in (*MODES, "plain"):
+    for mode in (*etd.MODES, "plain"):
         model, dropout = (plain_model, None) if mode == "plain" else (dropout_model, mode)
         train_logits = predict_mode(model, data.train_x, dropout, batch_size, train_ids)  # (N, K)
         # Test examples own no masks, so mode train has no test accuracy (NaN).

@@ -13,12 +13,13 @@ and figures. Everything stays on the model's device; batches are slices of devic
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from memloc.data import Labels
 from memloc.interventions import eval_mode
+from memloc.lazy import lazy, no_grad
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 #: The four populations, in the order tables and pages show them, with their labels.
 POPULATIONS = {
@@ -38,7 +39,7 @@ def accuracy_column(population: str) -> str:
 ACCURACIES = tuple(accuracy_column(p) for p in POPULATIONS)
 
 
-@torch.no_grad()
+@no_grad
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Logits (N, K) in eval mode, computed in batches; the model is restored afterwards."""
     with eval_mode(model):

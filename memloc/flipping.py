@@ -52,13 +52,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from memloc.interventions import UnitIndex, UnitMasks, frozen, parse_unit, unit_masks
+from memloc.lazy import lazy, no_grad
 from memloc.settings import MAX_COUNT, MAX_SEED, check, in_range, setting
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 # Streams of the seeded generators, so no two kinds of draw share random numbers.
 _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREAM = 0, 1, 2, 3, 4
@@ -165,7 +167,7 @@ def _chunks(n_targets: int, rows_per_target: int, chunk_rows: int) -> Iterator[s
         yield slice(start, min(start + per, n_targets))
 
 
-@torch.no_grad()
+@no_grad
 def _predict_targets(
     model: nn.Module, hooks: UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int
 ) -> torch.Tensor:
@@ -260,7 +262,7 @@ def flip_examples(
     return [results[int(e)] for e in example_ids]
 
 
-@torch.no_grad()
+@no_grad
 def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
     """Predictions (E, N) of the model under each of E unit masks (E, U) on the same inputs
     x (N, C, H, W), in eval mode.

@@ -45,14 +45,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import models
+from memloc.lazy import lazy
 from memloc.settings import MAX_COUNT, epoch_list, in_range, setting
 from memloc.train import TrainSettings
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 
 @dataclass(frozen=True)
@@ -80,22 +82,23 @@ class GradientsSettings:
 #: Layer types that process each example on its own in train mode (no batch statistics, no
 #: random masks). A model whose every leaf module is one of these (and whose own forward code
 #: mixes no examples, as in every model of the zoo) lets the noisy gradient come from the noisy
-#: examples alone.
-INDEPENDENT_LAYERS: tuple[type, ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
-    nn.Identity, nn.Flatten, nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU,
-    nn.Softmax, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d,
+#: examples alone. Names of `torch.nn` classes (a tuple of the classes would import torch with
+#: this module: `memloc.lazy`).
+INDEPENDENT_LAYERS: tuple[str, ...] = (
+    "Linear", "Conv1d", "Conv2d", "Conv3d", "LayerNorm", "GroupNorm", "Embedding",
+    "Identity", "Flatten", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU",
+    "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveMaxPool2d", "AdaptiveAvgPool2d",
 )
-
-
-_CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.Sequential)
+_CONTAINERS = ("ModuleDict", "ModuleList", "Sequential")
 
 
 def examples_independent(model: nn.Module, extra: tuple[type, ...] = ()) -> bool:
     """Whether every leaf module of `model` is a layer type known to treat examples separately
     (`extra`: more such types; containers, e.g. an empty ModuleDict, are not layers)."""
-    return all(isinstance(m, INDEPENDENT_LAYERS + extra) for m in model.modules()
-               if not list(m.children()) and not isinstance(m, _CONTAINERS))
+    independent = tuple(getattr(nn, name) for name in INDEPENDENT_LAYERS) + extra
+    containers = tuple(getattr(nn, name) for name in _CONTAINERS)
+    return all(isinstance(m, independent) for m in model.modules()
+               if not list(m.children()) and not isinstance(m, containers))
 
 
 def parameter_groups(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]:

@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
-import torch
-from torch import nn
 
+from memloc.lazy import lazy
 from models import in_group
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 _UNIT = re.compile(r"^(?P<layer>[A-Za-z_][\w.]*)\[(?P<index>\d+)\]$")
 

@@ -172,12 +172,16 @@ def known_keys() -> list[str]:
 def describe_keys() -> str:
     """Every key with its default and help text, for `--help`."""
     lines = []
-    defaults = RunConfig()
+    # Each section's defaults and the top-level fields' own: `RunConfig()` would build the model.
+    sections = {name: cls() for name, cls in SECTIONS.items()}
     for key in known_keys():
         section, _, name = key.partition(".")
-        owner = getattr(defaults, section) if name else defaults
-        f = _fields(type(owner))[name or section]
-        lines.append(f"  {key:<22} {f.metadata['help']} (default: {plain(getattr(owner, f.name))!r})")
+        if name:
+            f, default = _fields(SECTIONS[section])[name], getattr(sections[section], name)
+        else:
+            f = _fields(RunConfig)[section]
+            default = f.default
+        lines.append(f"  {key:<22} {f.metadata['help']} (default: {plain(default)!r})")
     return "\n".join(lines)
 
 

@@ -24,28 +24,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import torch
-from torch import fx, nn
-
+from memloc.lazy import lazy
 from models import in_group
 
-
-class _GroupTracer(fx.Tracer):
-    """Traces into the model, but keeps the modules named by layer-group prefixes as one call each."""
-
-    def __init__(self, leaves: set[str]):
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
+torch = lazy("torch")
+fx = lazy("torch.fx")
+nn = lazy("torch.nn")
 
 
 def trace(model: nn.Module) -> fx.Graph:
     """The forward pass of a zoo model as an fx graph whose layer-group modules are single calls."""
     leaves = {p for prefixes in model.layer_groups.values() for p in prefixes}
+
+    class GroupTracer(fx.Tracer):  # defined here, not at import: subclassing fx.Tracer imports torch (memloc.lazy)
+        """Traces into the model, but keeps the modules named by layer-group prefixes as one call each."""
+
+        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+            return qualified_name in leaves or super().is_leaf_module(module, qualified_name)
+
     try:
-        return _GroupTracer(leaves).trace(model)
+        return GroupTracer().trace(model)
     except Exception as e:  # fx raises several types for data-dependent control flow
         raise TypeError(
             f"{type(model).__name__}'s forward cannot be traced by torch.fx ({e}); prefix reuse needs "

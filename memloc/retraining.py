@@ -38,18 +38,19 @@ import copy
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from memloc.data import Labels
 from memloc.evaluate import ACCURACIES, evaluate, population_metrics
 from memloc.interventions import Frozen, frozen, group_state_names, state_tensors
+from memloc.lazy import lazy, no_grad
 from memloc.partial import Split, frontier_bytes, group_paths, split
 from memloc.schedule import one_cycle_lr
 from memloc.settings import MAX_COUNT, MAX_EPOCHS, MAX_MB, check, in_range, setting
 from memloc.train import epoch_generator
 from models import in_group
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
 
 #: Columns of the `retraining` table (control row: group "none", group_index -1, epoch 0).
 COLUMNS = ["group", "group_index", "epoch", *ACCURACIES]
@@ -140,7 +141,7 @@ class _Cut:
         values = tuple(v[ids] for v in self.train) if self.train is not None else self._prefix(self.data.train_x[ids])
         return self.part.suffix(*values)
 
-    @torch.no_grad()
+    @no_grad
     def _logits(self, x: torch.Tensor, cached: tuple | None) -> torch.Tensor:
         if cached is None:
             return torch.cat([self.part(xb) for xb in x.split(self.ebs)])

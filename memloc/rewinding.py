@@ -27,16 +27,17 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-import pandas as pd
-import torch
-from torch import nn
-
 from memloc.data import Labels
 from memloc.evaluate import ACCURACIES, population_metrics, predict
 from memloc.interventions import Rewind, group_state_names, intervene
+from memloc.lazy import lazy
 from memloc.partial import Split, frontier_bytes, group_paths, split, trace
 from memloc.settings import MAX_MB, epoch_list, in_range, setting
 from memloc.train import TrainSettings
+
+pd = lazy("pandas")
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 #: Columns of the `rewinding` table (the explorer reads exactly these).
 COLUMNS = ["group", "group_index", "epoch", "include_buffers", *ACCURACIES]

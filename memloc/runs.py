@@ -16,15 +16,16 @@ import math
 import os
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 import models
 from memloc import data as data_mod
 from memloc.config import RunConfig
 from memloc.data import Labels
+from memloc.lazy import lazy
 from memloc.overrides import from_dict
 from memloc.store import Run, RunError
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 
 def build_model(cfg: RunConfig, ds: data_mod.Dataset, variant: str = "plain") -> nn.Module:

@@ -19,6 +19,9 @@ allocate forever), and the help text says the bounds, so `--help` prints them:
         ...
         in_range("lr", self.lr, 0, 10, open_lo=True)
 
+The modules that declare settings bind torch and pandas with `memloc.lazy`, so a configuration
+is checked (and `--help` printed) without importing them.
+
 `memloc.config.RunConfig` composes them into one run's configuration (one section each),
 `memloc.overrides` reads presets, TOML files and `--set key=value` into it, and `--help` prints
 the help texts. A check names its field; the override engine adds the section, so the user

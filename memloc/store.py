@@ -55,11 +55,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
-import pandas as pd
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+from memloc.lazy import lazy
+
+pd = lazy("pandas")
+torch = lazy("torch")
+safetensors_torch = lazy("safetensors.torch")
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -526,12 +528,12 @@ class Run:
 
     @staticmethod
     def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-        return st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+        return safetensors_torch.save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
 
     def _get_tensors(self, rel: str, device: str | torch.device) -> dict[str, torch.Tensor]:
         """The tensors of a verified safetensors artifact."""
         try:
-            tensors = st_load(self._get(rel))
+            tensors = safetensors_torch.load(self._get(rel))
         except SafetensorError as e:
             raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); "
                            f"run `{self.heal_command()}` to recreate it") from None

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from memloc.data import Dataset, augment
+from memloc.lazy import lazy
 from memloc.schedule import one_cycle_lr
 from memloc.settings import MAX_COUNT, MAX_EPOCHS, MAX_SEED, check, in_range, setting
-from models.example_tied_dropout import mask_table
+
+pd = lazy("pandas")
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+nn = lazy("torch.nn")
+etd = lazy("models.example_tied_dropout")  # its layers are nn.Modules: torch
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def mean_backward(loss: torch.Tensor, batch_ids: torch.Tensor) -> None:
 
 #: How a batch's per-example losses become gradients; analyses that account for the gradient
 #: (e.g. its clean and noisy parts) pass their own.
-Backward = Callable[[torch.Tensor, torch.Tensor], None]
+Backward = Callable[["torch.Tensor", "torch.Tensor"], None]
 
 
 @dataclass
@@ -134,7 +136,7 @@ def train_epoch(
     takes_ids = getattr(model, "takes_example_ids", False)
     # Example-tied dropout (PAPER.md section 5) masks by example id; the ids here are rows
     # 0..n-1 of the training set, so the layers may read their masks from a bit table.
-    with mask_table(model, n, device) if takes_ids else contextlib.nullcontext():
+    with etd.mask_table(model, n, device) if takes_ids else contextlib.nullcontext():
         for i, ids in enumerate(order.split(settings.batch_size)):
             lr = one_cycle_lr((epoch - 1) * steps_per_epoch + i, steps_per_epoch, settings.epochs, settings.peak_epoch, settings.lr)
             for group in optimizer.param_groups:

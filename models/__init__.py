@@ -5,31 +5,44 @@ carrying the attributes the rest of memloc relies on: `layer_groups` (ordered mo
 prefixes that partition all parameters and buffers), `unit_layers` (the conv / linear layers
 whose output channels / neurons are units; never the classifier), `arch`, `options` (resolved,
 JSON-serializable), `input_shape` and `num_classes`; see `models.base`.
+
+An architecture's module (and with it torch) is imported when its model is first built:
+`import models` and `models.base` import no torch, so a run's configuration is checked
+without it (`memloc.lazy`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from models.base import group_members, group_of, in_group, make_config
-from models.cnn import CNN, CNNConfig
-from models.mlp import MLP, MLPConfig
-from models.resnet9 import ResNet9, ResNet9Config
-from models.resnet50 import ResNet50, ResNet50Config
-from models.vit import ViT, ViTConfig
 
+if TYPE_CHECKING:
+    from torch import nn
+
+#: Architecture -> its module, model class and config dataclass.
 _ARCHITECTURES = {
-    "mlp": (MLP, MLPConfig),
-    "cnn": (CNN, CNNConfig),
-    "resnet9": (ResNet9, ResNet9Config),
-    "resnet50": (ResNet50, ResNet50Config),
-    "vit": (ViT, ViTConfig),
+    "mlp": ("models.mlp", "MLP", "MLPConfig"),
+    "cnn": ("models.cnn", "CNN", "CNNConfig"),
+    "resnet9": ("models.resnet9", "ResNet9", "ResNet9Config"),
+    "resnet50": ("models.resnet50", "ResNet50", "ResNet50Config"),
+    "vit": ("models.vit", "ViT", "ViTConfig"),
 }
 NAMES = tuple(_ARCHITECTURES)
-#: Each architecture's config dataclass: its fields are the options `build` takes.
-CONFIGS: dict[str, type] = {name: config_cls for name, (_, config_cls) in _ARCHITECTURES.items()}
+
+
+def _classes(name: str) -> tuple[type, type]:
+    """The model class and config dataclass of architecture `name`, importing its module."""
+    module, model_cls, config_cls = _ARCHITECTURES[name]
+    module = importlib.import_module(module)
+    return getattr(module, model_cls), getattr(module, config_cls)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CONFIGS":  # each architecture's config dataclass: its fields are the options `build` takes
+        return {arch: _classes(arch)[1] for arch in NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build(name: str, input_shape: tuple[int, int, int], num_classes: int,
@@ -42,7 +55,7 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int,
     """
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
-    model_cls, config_cls = _ARCHITECTURES[name]
+    model_cls, config_cls = _classes(name)
     return model_cls(input_shape, num_classes, make_config(name, config_cls, options))
 
 

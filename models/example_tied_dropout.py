@@ -42,14 +42,15 @@ different questions and a silent choice would mislabel results.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import check_range
+# The options are declared with the zoo's shared pieces, which import no torch: a run's
+# configuration is checked without it (`memloc.lazy`).
+from models.base import DropoutOptions, parse_options  # noqa: F401 (part of this module's interface)
 
 MODES = ("train", "test", "drop")
 
@@ -116,64 +117,6 @@ def keep_threshold(p_mem: float) -> int:
 def generalization_units(channels: int, p_gen: float) -> int:
     """How many of the first channels are generalization units: round(p_gen * C), in [1, C-1]."""
     return min(channels - 1, max(1, round(p_gen * channels)))
-
-
-@dataclass(frozen=True)
-class DropoutOptions:
-    """The example-tied dropout of one model: the zoo's `example_tied_dropout` option.
-
-    The one declaration of these settings: memloc's `dropout` config section
-    (`memloc.dropout.DropoutSettings`) extends this class, so `--help` prints these texts.
-    Values are checked when the options are built (ValueError naming the field).
-    """
-
-    p_gen: float = field(default=0.2, metadata={"help": "share of each dropout layer's units that are generalization units (always on), in (0, 1)"})
-    p_mem: float = field(default=0.1, metadata={"help": "probability that an example keeps a given memorization unit, in (0, 1)"})
-    seed: int = field(default=0, metadata={"help": "seed of the example-tied masks (a mask is a function of example id, layer, seed), in [0, 4294967295]"})
-    after: tuple = field(default=(), metadata={"help": "blocks / hidden layers followed by example-tied dropout; empty = all the model offers"})
-
-    def __post_init__(self):
-        for name in ("p_gen", "p_mem"):
-            p = getattr(self, name)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
-                raise ValueError(f"{name}: a fraction in (0, 1), got {p!r}")
-        check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
-        if isinstance(self.after, str) or not all(isinstance(a, str) for a in self.after):
-            raise ValueError(f"after: a list of block names, got {self.after!r}")
-        object.__setattr__(self, "after", tuple(self.after))  # accept a list, e.g. from JSON
-
-    def at(self, places: tuple[str, ...]) -> "DropoutOptions":
-        """These options for a model whose dropout may follow `places`: only the option fields
-        (a subclass's extra settings are dropped), `after` resolved (empty = every place) and
-        put in input-to-output order."""
-        after = self.after or places
-        bad = [a for a in after if a not in places]
-        if bad or len(set(after)) != len(after):
-            raise ValueError(f"after: distinct names from {list(places)}, got {list(self.after)!r}")
-        return DropoutOptions(float(self.p_gen), float(self.p_mem), self.seed, tuple(p for p in places if p in after))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"p_gen": self.p_gen, "p_mem": self.p_mem, "seed": self.seed, "after": list(self.after)}
-
-
-def parse_options(arch: str, value: Any, places: tuple[str, ...]) -> DropoutOptions | None:
-    """A model's `example_tied_dropout` option: None (no dropout), `DropoutOptions` or a dict of
-    its fields (from JSON or TOML), resolved for the model's `places`. Raises ValueError naming
-    the model and what is allowed."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        allowed = [f.name for f in fields(DropoutOptions)]
-        unknown = sorted(set(value) - set(allowed))
-        if unknown:
-            raise ValueError(f"{arch}: unknown example_tied_dropout key(s) {unknown}; allowed: {allowed}")
-    elif not isinstance(value, DropoutOptions):
-        raise ValueError(f"{arch}: example_tied_dropout must be a table like "
-                         f"{{p_gen = 0.2, p_mem = 0.1, seed = 0}}, got {value!r}")
-    try:
-        return (DropoutOptions(**value) if isinstance(value, dict) else value).at(places)
-    except ValueError as e:
-        raise ValueError(f"{arch}: example_tied_dropout.{e}") from None
 
 
 class ExampleTiedDropout(nn.Module):

@@ -24,14 +24,15 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from memloc import overrides
 from memloc.data import DataError
+from memloc.lazy import lazy
 from memloc.presets import DEFAULT_PRESET, PRESETS
 from memloc.runs import checkpoint_disk
 from memloc.settings import ConfigError
 from memloc.store import Run, RunError, Sweep, atomic_write, list_runs, list_sweeps, runs_root
+
+torch = lazy("torch")  # `--help`, `list` and configuration errors answer without it (memloc.lazy)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
