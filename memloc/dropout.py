@@ -28,7 +28,7 @@ import dataclasses
 import numpy as np
 
 from memloc.data import Dataset, Labels
-from memloc.evaluate import ACCURACIES, population_metrics
+from memloc.evaluate import ACCURACIES, eval_rows, population_metrics
 from memloc.interventions import eval_mode
 from memloc.lazy import lazy, no_grad
 from memloc.settings import MAX_EPOCHS, in_range, setting
@@ -63,12 +63,13 @@ class DropoutSettings(DropoutOptions):
 
 
 @no_grad
-def predict_mode(model: nn.Module, x: torch.Tensor, mode: str | None, batch_size: int = 4096,
+def predict_mode(model: nn.Module, x: torch.Tensor, mode: str | None, batch_size: int = 0,
                  example_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (N, K) in eval mode; `mode` is the dropout mode (None: a model without dropout).
     Mode `train` needs the `example_ids` (N,) of the rows of `x`, whose masks it applies."""
     if mode == "train" and example_ids is None:
         raise ValueError("mode 'train' applies each example's own mask: pass example_ids")
+    batch_size = eval_rows(batch_size, x.device)
     with eval_mode(model):
         if mode is None:
             return torch.cat([model(xb) for xb in x.split(batch_size)])
@@ -86,7 +87,7 @@ class DropoutResult:
 
 
 def evaluate_modes(dropout_model: nn.Module, plain_model: nn.Module, data: Dataset, labels: Labels,
-                   batch_size: int = 4096) -> DropoutResult:
+                   batch_size: int = 0) -> DropoutResult:
     """Accuracy per population (`memloc.evaluate`) and each training example's prediction, for
     the dropout variant in modes train, test and drop and for the plain variant (`plain`)."""
     train_ids = torch.arange(data.num_train, device=data.train_x.device)  # (N,)

@@ -39,11 +39,26 @@ def accuracy_column(population: str) -> str:
 ACCURACIES = tuple(accuracy_column(p) for p in POPULATIONS)
 
 
+#: Rows per evaluation pass when `train.eval_batch_size` is 0 (auto), by device type. On a CPU
+#: a ResNet's activations for a few hundred rows stay in cache: ResNet-9 at 1/4 width evaluates
+#: 28x28 images about 3x faster in batches of 256 than of 4096 (BENCHMARKS.md, "Every stage of
+#: fashion-mnist"); a GPU is kept busy by large batches.
+AUTO_EVAL_ROWS = {"cpu": 256, "cuda": 4096}
+
+
+def eval_rows(batch_size: int, device: torch.device | str) -> int:
+    """The batch size of evaluation passes on `device`: `batch_size`, or for 0 (auto) the
+    device type's `AUTO_EVAL_ROWS` (4096 for any other type)."""
+    return batch_size or AUTO_EVAL_ROWS.get(torch.device(device).type, 4096)
+
+
 @no_grad
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits (N, K) in eval mode, computed in batches; the model is restored afterwards."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
+    """Logits (N, K) in eval mode, computed in batches of `batch_size` (0: `eval_rows`'s
+    choice for the device of `x`); the model is restored afterwards."""
+    rows = eval_rows(batch_size, x.device)
     with eval_mode(model):
-        return torch.cat([model(xb) for xb in x.split(batch_size)])
+        return torch.cat([model(xb) for xb in x.split(rows)])
 
 
 def population_metrics(
@@ -71,7 +86,7 @@ def population_metrics(
 
 def evaluate(
     model: nn.Module, train_x: torch.Tensor, labels: Labels, test_x: torch.Tensor, test_labels: torch.Tensor,
-    batch_size: int = 4096,
+    batch_size: int = 0,
 ) -> dict[str, float]:
     """Accuracy and loss of `model` on the four populations (eval mode)."""
     return population_metrics(predict(model, train_x, batch_size), predict(model, test_x, batch_size), labels, test_labels)

@@ -53,6 +53,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from memloc.evaluate import eval_rows
 from memloc.interventions import UnitIndex, UnitMasks, frozen, parse_unit, unit_masks
 from memloc.lazy import lazy, no_grad
 from memloc.settings import MAX_COUNT, MAX_SEED, check, in_range, setting
@@ -82,7 +83,8 @@ class FlipSettings:
     eval_test: int = setting(2000, f"test examples of the collateral-accuracy subset (seeded); 0 = all; in [0, {MAX_COUNT}]")
     seed: int = setting(0, f"seed of target choice, reference batches, noise, evaluation subset, random controls, in [0, {MAX_SEED}]")
     targets_per_step: int = setting(32, "targets flipped at once, each with its own unit masks (more fills a GPU), in [1, 10000]")
-    chunk_rows: int = setting(4096, f"most forward rows (targets x batch items) per pass; bounds memory; in [1, {MAX_COUNT}]")
+    chunk_rows: int = setting(0, f"most forward rows (targets x batch items) per pass, bounds memory; 0 = auto (256 on a CPU, "
+                              f"4096 on a GPU, as train.eval_batch_size); in [0, {MAX_COUNT}]")
     save_every: int = setting(200, f"targets between saved progress of the flip stage (resume point), in [1, {MAX_COUNT}]")
 
     def __post_init__(self):
@@ -98,7 +100,7 @@ class FlipSettings:
         in_range("eval_test", self.eval_test, 0, MAX_COUNT, integer=True)
         in_range("seed", self.seed, 0, MAX_SEED, integer=True)
         in_range("targets_per_step", self.targets_per_step, 1, 10_000, integer=True)
-        in_range("chunk_rows", self.chunk_rows, 1, MAX_COUNT, integer=True)
+        in_range("chunk_rows", self.chunk_rows, 0, MAX_COUNT, integer=True)
         in_range("save_every", self.save_every, 1, MAX_COUNT, integer=True)
 
     def check_example_ids(self, n_train: int) -> None:
@@ -207,7 +209,7 @@ def flip_examples(
     """
     index = UnitIndex(model)
     draws, n_train = settings.draws, len(train_x)
-    targets_per_step, chunk_rows = settings.targets_per_step, settings.chunk_rows
+    targets_per_step, chunk_rows = settings.targets_per_step, eval_rows(settings.chunk_rows, train_x.device)
     batch = min(settings.batch_size, n_train)
     rows = batch * draws  # forward rows per target
     cap = min(settings.cap, index.total)
@@ -263,13 +265,15 @@ def flip_examples(
 
 
 @no_grad
-def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
     """Predictions (E, N) of the model under each of E unit masks (E, U) on the same inputs
     x (N, C, H, W), in eval mode.
 
     Batched over masks: a chunk stacks the inputs once per mask of a group of masks, with at most
-    `chunk_rows` rows (the inputs are split too when one mask's rows exceed it).
+    `chunk_rows` rows (0: `memloc.evaluate.eval_rows`'s choice for the device; the inputs are
+    split too when one mask's rows exceed it).
     """
+    chunk_rows = eval_rows(chunk_rows, x.device)
     n = len(x)
     items = max(1, min(n, chunk_rows))  # inputs per block
     out = torch.empty(len(masks), n, dtype=torch.long, device=x.device)
@@ -326,7 +330,7 @@ def eval_set(
     return EvalSet(train_x[tr], train_labels[tr], is_noisy[tr], test_x[te], test_labels[te])
 
 
-def collateral(model: nn.Module, masks: torch.Tensor, evals: EvalSet, chunk_rows: int = 4096) -> dict[str, np.ndarray]:
+def collateral(model: nn.Module, masks: torch.Tensor, evals: EvalSet, chunk_rows: int = 0) -> dict[str, np.ndarray]:
     """Accuracy after each of E edits (masks (E, U)): clean training examples (their labels),
     noisy training examples (their noisy labels, i.e. memorization) and test examples."""
     train = masked_predictions(model, masks, evals.train_x, chunk_rows=chunk_rows) == evals.train_labels  # (E, n)
@@ -403,7 +407,7 @@ def flip_table(
         inputs = torch.stack([target_inputs(train_x, torch.tensor([r.example_id]), r.example_id, settings) for r in flipped])
         with frozen(model), unit_masks(model) as hooks:
             control_preds = _predict_targets(model, hooks, masks[len(results):-1], inputs, settings.draws,
-                                             settings.chunk_rows).tolist()
+                                             eval_rows(settings.chunk_rows, train_x.device)).tolist()
     e = len(results)
     table = pd.DataFrame({
         # Explicit dtypes, so that a table without rows has the same column types.

@@ -47,7 +47,7 @@ def live_evaluation(
     test_labels: torch.Tensor,
     example_ids: list[int],
     checkpoint=None,
-    batch_size: int = 4096,
+    batch_size: int = 0,
 ) -> LiveResult:
     """Accuracies of `model` inside `intervene(model, items)` and the chosen examples' probabilities.
 

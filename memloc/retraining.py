@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from memloc.data import Labels
-from memloc.evaluate import ACCURACIES, evaluate, population_metrics
+from memloc.evaluate import ACCURACIES, eval_rows, evaluate, population_metrics
 from memloc.interventions import Frozen, frozen, group_state_names, state_tensors
 from memloc.lazy import lazy, no_grad
 from memloc.partial import Split, frontier_bytes, group_paths, split
@@ -117,9 +117,9 @@ class _Cut:
     they fit in `cache_bytes` (indexed by example), else recomputed per batch."""
 
     def __init__(self, part: Split, data: RetrainData, eval_batch_size: int, cache_bytes: int):
-        self.part, self.data, self.ebs = part, data, eval_batch_size
+        self.part, self.data, self.ebs = part, data, eval_rows(eval_batch_size, data.train_x.device)
         self.train = self.test = None
-        x0 = data.train_x[:eval_batch_size]
+        x0 = data.train_x[:self.ebs]
         first = self._prefix(x0)
         # Cacheable: every value at the cut has one row per example (not, e.g., a batch size).
         batch_major = all(torch.is_tensor(v) and v.dim() > 0 and len(v) == len(x0) for v in first)
@@ -193,7 +193,7 @@ def retrained(
     settings: RetrainSettings,
     batch_size: int,
     seed: int,
-    eval_batch_size: int = 4096,
+    eval_batch_size: int = 0,
     cache_bytes: int = 1 << 30,
 ) -> Iterator[list[dict]]:
     """`model` (the final model) with `group` retrained from its initialization on the clean
@@ -211,7 +211,7 @@ def retrain_group(
     settings: RetrainSettings,
     batch_size: int,
     seed: int,
-    eval_batch_size: int = 4096,
+    eval_batch_size: int = 0,
     cache_bytes: int = 1 << 30,
 ) -> list[dict]:
     """The `retraining` rows of `group` (one per epoch, 0 = after the reset); `model` is
@@ -228,7 +228,7 @@ def retrain_reference(
     settings: RetrainSettings,
     batch_size: int,
     seed: int,
-    eval_batch_size: int = 4096,
+    eval_batch_size: int = 0,
 ) -> tuple[list[dict], nn.Module]:
     """Naive reference of `retrain_group`, literally PAPER.md: a copy of the final model with the
     group reset, the whole model run on every batch of clean examples, the rest frozen. Returns

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 from memloc.data import Labels
-from memloc.evaluate import ACCURACIES, population_metrics, predict
+from memloc.evaluate import ACCURACIES, eval_rows, population_metrics, predict
 from memloc.interventions import Rewind, group_state_names, intervene
 from memloc.lazy import lazy
 from memloc.partial import Split, frontier_bytes, group_paths, split, trace
@@ -100,7 +100,7 @@ class RewindEvaluator:
         labels: Labels,
         test_x: torch.Tensor,
         test_labels: torch.Tensor,
-        batch_size: int = 4096,
+        batch_size: int = 0,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.model = model.eval()
@@ -108,7 +108,8 @@ class RewindEvaluator:
         self.labels, self.test_labels = labels, test_labels
         self.n_train = len(train_x)
         # Batches exactly as `memloc.evaluate.predict` cuts them, so results match it bitwise.
-        self.batches = [*train_x.split(batch_size), *test_x.split(batch_size)]
+        rows = eval_rows(batch_size, train_x.device)
+        self.batches = [*train_x.split(rows), *test_x.split(rows)]
         self.cache_bytes = cache_bytes
         self._graph = trace(model)
         self._splits: dict[tuple[str, ...], Split] = {}
@@ -206,7 +207,7 @@ def rewind_reference(
     labels: Labels,
     test_x: torch.Tensor,
     test_labels: torch.Tensor,
-    batch_size: int = 4096,
+    batch_size: int = 0,
 ) -> RewindResult:
     """Naive reference, literally PAPER.md: copy the final model, load the group's tensors from
     the checkpoint, evaluate the whole network on the train and test sets."""

@@ -45,14 +45,14 @@ class TrainSettings:
     momentum: float = setting(0.9, "SGD momentum, in [0, 1)")
     weight_decay: float = setting(5e-4, "SGD weight decay, in [0, 1]")
     seed: int = setting(0, f"seed of model initialization and batch order, in [0, {MAX_SEED}]")
-    eval_batch_size: int = setting(4096, f"batch size of evaluation passes, in [1, {MAX_COUNT}]")
+    eval_batch_size: int = setting(0, f"batch size of evaluation passes; 0 = auto (256 on a CPU, 4096 on a GPU); in [0, {MAX_COUNT}]")
     keep_epochs: str = setting("", "checkpoints kept on disk: empty = every epoch; else epochs and ranges, e.g. "
                                "0-10,15-50/5 (0 to 10, then every 5th from 15 to 50); 0 and the last are always kept")
 
     def __post_init__(self):
         in_range("epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
         in_range("batch_size", self.batch_size, 1, MAX_COUNT, integer=True)
-        in_range("eval_batch_size", self.eval_batch_size, 1, MAX_COUNT, integer=True)
+        in_range("eval_batch_size", self.eval_batch_size, 0, MAX_COUNT, integer=True)
         in_range("lr", self.lr, 0, 10, open_lo=True)
         check(0 < self.peak_epoch <= self.epochs, "peak_epoch", f"in (0, train.epochs={self.epochs}]", self.peak_epoch)
         in_range("momentum", self.momentum, 0, 1, open_hi=True)
