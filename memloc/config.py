@@ -39,7 +39,7 @@ class ModelSettings:
         default_factory=lambda: types.MappingProxyType({}),  # read-only: configs are values
         metadata={"help": "architecture options, e.g. model.options.width=0.25 (resnet9, cnn) or "
                   "model.options.hidden=[256,256] (mlp); checked by building the model. Bounds: resnet9 width in "
-                  "(0, 8] (1 = the paper's), cnn width in (0, 16]; mlp hidden at most 8 layers, each in [1, 8192]; "
+                  "(0, 8] (1 = the paper's), resnet50 width in (0, 4], cnn width in (0, 16]; mlp hidden at most 8 layers, each in [1, 8192]; "
                   "vit patch in [1, 32], dim in [1, 1024], depth in [1, 24], heads in [1, 1024], mlp_ratio in (0, 8]"},
     )
 

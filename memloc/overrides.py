@@ -25,7 +25,7 @@ import types
 from typing import Any, Sequence
 
 from memloc.config import SECTIONS, RunConfig
-from memloc.presets import DEFAULT_PRESET, PRESETS
+from memloc.presets import DEFAULT_PRESET, PRESETS, model_options
 from memloc.settings import ConfigError, check, plain
 
 #: Keys that say where things are, not what is computed: never a difference between two runs.
@@ -69,6 +69,9 @@ def resolve(preset: str = DEFAULT_PRESET, *layers: dict[str, Any], overrides: Se
     for layer in (PRESETS[preset], *layers):
         _merge(merged, flatten(layer))
     _merge(merged, dict(parse_override(text) for text in overrides))
+    if not any(k.startswith("model.options") for k in merged):  # no layer chose options: the preset's size
+        arch = merged.get("model.name", _fields(SECTIONS["model"])["name"].default)
+        merged.update(flatten({"model": {"options": model_options(preset, arch)}}))
     return _build(merged)
 
 

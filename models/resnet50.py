@@ -5,6 +5,11 @@ torchvision's `resnet50(weights=None, num_classes=K)` (bottleneck blocks 3, 4, 6
 8x8 to 32x32 inputs: `conv1` is a 3x3 conv with stride 1 and pad 1 from C input channels
 (instead of 7x7 stride 2 from 3 channels), and the stem max-pool is removed (Identity).
 
+`width` multiplies every channel count (the stem's 64, each stage's 64, 128, 256, 512 and its
+4x expansion; rounded, at least 1), as ResNet-9's does; at 1/8 the network keeps its 16 blocks
+and their shapes with 1/64 of the parameters, which lets the small presets train it in
+seconds.
+
 Layer groups: `stem` (conv1, bn1), then each bottleneck block `layer1.0` ... `layer4.2`
 (16 groups), then `fc`. The units are the output channels of every conv: the stem conv, the
 three convs of each block and the downsample convs of the first block of each stage.
@@ -17,14 +22,18 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from models.base import check_input, options_of
+from models.base import check_input, check_range, options_of, scaled
 
 BLOCKS_PER_STAGE = (3, 4, 6, 3)
 
 
 @dataclass(frozen=True)
 class ResNet50Config:
-    """ResNet-50 has no options."""
+    width: float = 1.0  # multiplier of every channel count; in (0, 4] (1 = torchvision's ResNet-50)
+
+    def __post_init__(self):
+        check_range("resnet50: width", self.width, 0, 4, open_lo=True)
+        object.__setattr__(self, "width", float(self.width))
 
 
 class ResNet50(ResNet):
@@ -38,10 +47,20 @@ class ResNet50(ResNet):
         self.num_classes = num_classes
         self.options = options_of(config)
 
-        self.conv1 = nn.Conv2d(self.input_shape[0], 64, kernel_size=3, stride=1, padding=1,
+        stem = scaled(64, config.width)
+        if config.width != 1.0:  # torchvision's widths are fixed: build the stages again, scaled
+            self.inplanes = stem
+            self.bn1 = nn.BatchNorm2d(stem)
+            for stage, count in enumerate(BLOCKS_PER_STAGE, start=1):
+                planes = scaled(64 * 2 ** (stage - 1), config.width)
+                setattr(self, f"layer{stage}", self._make_layer(Bottleneck, planes, count, stride=1 if stage == 1 else 2))
+            self.fc = nn.Linear(self.inplanes, num_classes)
+        self.conv1 = nn.Conv2d(self.input_shape[0], stem, kernel_size=3, stride=1, padding=1,
                                bias=False)
-        # the same init torchvision gives every other conv of the network
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        # the init torchvision gives every conv of the network (BatchNorm: weight 1, bias 0)
+        convs = [self.conv1] if config.width == 1.0 else [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
 
         blocks = tuple(f"layer{stage}.{i}"

@@ -11,7 +11,7 @@ from memloc import overrides
 from memloc.config import SECTIONS, STAGE_TABLES, STAGES, RunConfig
 from memloc.dropout import DropoutSettings
 from memloc.flipping import FlipSettings
-from memloc.presets import PRESETS
+from memloc.presets import MODEL_OPTIONS, PRESETS
 from memloc.settings import ConfigError
 from models.example_tied_dropout import DropoutOptions
 
@@ -35,6 +35,26 @@ def test_overrides_are_typed_and_layered():
     assert cfg.train.epochs == 20 and cfg.train.lr == 0.05 and cfg.data.name == "fashion-mnist"
     assert dict(cfg.model.options) == {"width": 0.25}  # the preset's mlp options were replaced
     assert overrides.resolve("demo", overrides=["train.peak_epoch=3"]).train.peak_epoch == 3.0  # int accepted as float
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_each_preset_sizes_every_architecture_it_names(preset):
+    for arch, options in MODEL_OPTIONS[preset].items():
+        cfg = overrides.resolve(preset, overrides=[f"model.name={arch}", 'stages=["train"]'])
+        assert cfg.model.name == arch and dict(cfg.model.options) == options
+
+
+def test_a_preset_sizes_another_architecture_unless_options_are_given():
+    assert dict(overrides.resolve("smoke", overrides=["model.name=vit", 'stages=["train"]']).model.options) == {
+        "dim": 32, "depth": 2, "heads": 2}
+    assert dict(overrides.resolve("fashion-mnist", {"model": {"name": "resnet50"}}, overrides=['stages=["train"]'])
+                .model.options) == {"width": 0.25}
+    # Options given replace the preset's, all of them (here: vit's defaults but depth 1).
+    given = overrides.resolve("smoke", overrides=["model.name=vit", "model.options.depth=1", 'stages=["train"]'])
+    assert dict(given.model.options) == {"depth": 1}
+    assert dict(overrides.resolve("paper-cifar10-resnet9", overrides=["model.name=cnn"]).model.options) == {}
+    cfg = overrides.resolve("smoke", overrides=["model.name=cnn"])  # recreated from its manifest as it was
+    assert overrides.from_dict(json.loads(json.dumps(cfg.to_dict()))).model.options == cfg.model.options
 
 
 def test_configs_are_immutable():

@@ -205,6 +205,28 @@ def test_resnet50_groups_are_stem_blocks_fc():
     assert isinstance(model.maxpool, nn.Identity)
 
 
+def test_resnet50_width_scales_every_channel_and_keeps_the_blocks():
+    full, eighth = built("resnet50", (1, 8, 8)), models.build("resnet50", (1, 8, 8), 10, width=0.125)
+    assert list(eighth.layer_groups) == list(full.layer_groups) and eighth.unit_layers == full.unit_layers
+    for name, conv in full.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            small = eighth.get_submodule(name)
+            assert small.out_channels == max(1, round(conv.out_channels / 8)), name
+            assert small.kernel_size == conv.kernel_size and small.stride == conv.stride, name
+    assert eighth.fc.in_features == 256 and eighth(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    # torchvision's init of every conv (He normal, fan out): the spread of a 3x3 conv's weights
+    conv = eighth.layer3[0].conv2
+    expected = (2 / (conv.out_channels * 9)) ** 0.5
+    assert abs(conv.weight.std().item() / expected - 1) < 0.15
+
+
+def test_convolution_weights_are_channels_last():
+    model = models.build("resnet9", (1, 28, 28), 10, width=0.25)
+    assert model.prep.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28)  # an ordinary (contiguous) batch: the activations follow the weights
+    assert model.prep(x).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_group_names_of_small_models():
     assert list(built("mlp", (1, 8, 8)).layer_groups) == ["fc1", "fc2", "out"]
     assert list(built("cnn", (1, 8, 8)).layer_groups) == ["conv1", "conv2", "fc1", "out"]
@@ -221,7 +243,7 @@ def test_unknown_model_name_lists_the_names():
     ("mlp", {"width": 2.0}, "hidden"),
     ("resnet9", {"widht": 0.5}, "width"),
     ("vit", {"patch_size": 4}, "patch"),
-    ("resnet50", {"width": 0.5}, "none"),
+    ("resnet50", {"depth": 18}, "width"),
 ])
 def test_unknown_option_names_the_allowed_ones(name, options, allowed):
     with pytest.raises(TypeError, match=f"unknown option.*{name}.*allowed options:.*{allowed}"):
@@ -234,6 +256,8 @@ def test_unknown_option_names_the_allowed_ones(name, options, allowed):
     ("resnet9", {"width": -1.0}),
     ("vit", {"dim": 30, "heads": 4}),
     ("vit", {"patch": 3}),  # does not divide 32
+    ("resnet50", {"width": 0}),
+    ("resnet50", {"width": 5}),
 ])
 def test_bad_option_values_raise(name, options):
     with pytest.raises(ValueError, match=name):
