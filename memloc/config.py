@@ -114,9 +114,6 @@ class RunConfig:
         check(self.train.peak_epoch <= dropout_epochs, "dropout.epochs", f"at least train.peak_epoch={self.train.peak_epoch}", dropout_epochs)
         try:
             models.build(self.model.name, shape, 10, **self.model_options("dropout"))
-        except TypeError:
-            raise ConfigError(f"dropout: model {self.model.name!r} has no example-tied dropout (mlp, cnn and resnet9 do); "
-                              "leave `dropout` out of stages") from None
         except ValueError as e:
             raise ConfigError(f"dropout: {e}") from None
 

@@ -13,23 +13,35 @@ seconds.
 Layer groups: `stem` (conv1, bn1), then each bottleneck block `layer1.0` ... `layer4.2`
 (16 groups), then `fc`. The units are the output channels of every conv: the stem conv, the
 three convs of each block and the downsample convs of the first block of each stage.
+
+With the option `example_tied_dropout` (PAPER.md section 5; see `models.example_tied_dropout`)
+an example-tied dropout layer follows each chosen bottleneck block, on its output (after the
+residual sum and ReLU), whose channels are those of the block's `conv3`. Its places are named
+`layer1_0` ... `layer4_2` (block `layer1.0` ...; module names cannot hold a dot), default all 16;
+the forward pass takes the batch's example ids in train mode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from models import example_tied_dropout as etd
 from models.base import check_input, check_range, options_of, scaled
 
 BLOCKS_PER_STAGE = (3, 4, 6, 3)
+#: The bottleneck blocks, input to output, and the dropout place after each.
+BLOCKS = tuple(f"layer{stage}.{i}" for stage, count in enumerate(BLOCKS_PER_STAGE, start=1) for i in range(count))
+DROPOUT_PLACES = tuple(block.replace(".", "_") for block in BLOCKS)
 
 
 @dataclass(frozen=True)
 class ResNet50Config:
     width: float = 1.0  # multiplier of every channel count; in (0, 4] (1 = torchvision's ResNet-50)
+    example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [layer1_0, ...]; None = off
 
     def __post_init__(self):
         check_range("resnet50: width", self.width, 0, 4, open_lo=True)
@@ -63,10 +75,20 @@ class ResNet50(ResNet):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
 
-        blocks = tuple(f"layer{stage}.{i}"
-                       for stage, count in enumerate(BLOCKS_PER_STAGE, start=1)
-                       for i in range(count))
-        self.layer_groups = {"stem": ("conv1", "bn1"), **{b: (b,) for b in blocks},
+        self.layer_groups = {"stem": ("conv1", "bn1"), **{b: (b,) for b in BLOCKS},
                              "fc": ("fc",)}
         self.unit_layers = tuple(name for name, module in self.named_modules()
                                  if isinstance(module, nn.Conv2d))
+        dropout = etd.parse_options(self.arch, config.example_tied_dropout, DROPOUT_PLACES)
+        channels = {place: self.get_submodule(block).conv3.out_channels for place, block in zip(DROPOUT_PLACES, BLOCKS)}
+        self.dropout = etd.make_layers(dropout, DROPOUT_PLACES, channels)
+        self.takes_example_ids = dropout is not None
+        self.options["example_tied_dropout"] = dropout and dropout.to_dict()
+
+    def forward(self, x: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H, W); maxpool is Identity
+        for block, place in zip(BLOCKS, DROPOUT_PLACES):
+            x = self.get_submodule(block)(x)  # (B, 4 * planes, H', W')
+            if place in self.dropout:
+                x = self.dropout[place](x, example_ids)
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # (B, K)

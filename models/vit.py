@@ -12,6 +12,13 @@
 Layer groups: `embed` (patch_embed, cls_token, pos_embed), `blocks.0` ... `blocks.{depth-1}`,
 `head` (final norm and head). The units are the output channels of `patch_embed` and the output
 neurons of each block's attention output projection `attn.proj` and MLP hidden layer `mlp.fc1`.
+
+With the option `example_tied_dropout` (PAPER.md section 5; see `models.example_tied_dropout`)
+an example-tied dropout layer sits in each chosen block's MLP, on its hidden neurons (after the
+GELU, before `fc2`), so that an example's memorization units are `mlp.fc1` units, the same for
+every token of the example. Its places are named `blocks_0` ... (block `blocks.0` ...; module
+names cannot hold a dot), default every block; the forward pass takes the batch's example ids
+in train mode.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import example_tied_dropout as etd
 from models.base import check_input, check_range, options_of
 
 
@@ -31,6 +39,7 @@ class ViTConfig:
     depth: int = 6  # number of transformer blocks, in [1, 24]
     heads: int = 3  # attention heads, in [1, 1024]; must divide dim
     mlp_ratio: float = 2.0  # MLP hidden width as a multiple of dim, in (0, 8]
+    example_tied_dropout: etd.DropoutOptions | dict | None = None  # p_gen, p_mem, seed, after: [blocks_0, ...]; None = off
 
     def __post_init__(self):
         # At the largest: 504M parameters (ViT-Large has 304M).
@@ -61,15 +70,18 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """fc1 -> GELU -> fc2."""
+    """fc1 -> GELU -> (example-tied dropout, if the model has it here) -> fc2."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(nn.functional.gelu(self.fc1(x)))
+    def forward(self, x: torch.Tensor, dropout: nn.Module | None = None, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h = nn.functional.gelu(self.fc1(x))  # (B, N, hidden)
+        if dropout is not None:  # over the hidden neurons (channels to dim 1 and back): one mask for all tokens
+            h = dropout(h.transpose(1, 2), example_ids).transpose(1, 2)
+        return self.fc2(h)
 
 
 class Block(nn.Module):
@@ -82,9 +94,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout: nn.Module | None = None, example_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x), dropout, example_ids)
 
 
 class ViT(nn.Module):
@@ -120,11 +132,16 @@ class ViT(nn.Module):
                              "head": ("norm", "head")}
         self.unit_layers = ("patch_embed", *(f"{b}.{layer}" for b in blocks
                                              for layer in ("attn.proj", "mlp.fc1")))
+        self.places = tuple(b.replace(".", "_") for b in blocks)  # where example-tied dropout may be
+        dropout = etd.parse_options(self.arch, config.example_tied_dropout, self.places)
+        self.dropout = etd.make_layers(dropout, self.places, dict.fromkeys(self.places, mlp_hidden))
+        self.takes_example_ids = dropout is not None
+        self.options["example_tied_dropout"] = dropout and dropout.to_dict()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
         x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, dim)
-        for block in self.blocks:
-            x = block(x)
+        for place, block in zip(self.places, self.blocks):
+            x = block(x, self.dropout[place] if place in self.dropout else None, example_ids)
         return self.head(self.norm(x[:, 0]))  # (B, K)

@@ -10,6 +10,7 @@ from memloc.evaluate import population_metrics
 from memloc.runs import open_run
 from memloc.settings import ConfigError
 from memloc.store import RunError
+from models import example_tied_dropout as etd
 from models.example_tied_dropout import set_mode
 from precompute.stages import execute
 
@@ -84,7 +85,7 @@ def test_dropout_stage_needs_the_main_model(tmp_path):
 
 
 @pytest.mark.parametrize("sets, fragment", [
-    (["model.name=vit"], "dropout: model 'vit' has no example-tied dropout"),
+    (["model.name=vit", 'dropout.after=["fc1"]'], "dropout: vit: example_tied_dropout.after: distinct names from ['blocks_0', "),
     (["dropout.p_mem=0"], "dropout.p_mem: a fraction in (0, 1), got 0"),
     (["dropout.p_gen=1.0"], "dropout.p_gen: a fraction in (0, 1)"),
     (['dropout.after=["fc7"]'], "dropout: mlp: example_tied_dropout.after: distinct names from ['fc1', 'fc2']"),
@@ -97,6 +98,15 @@ def test_bad_dropout_settings_are_config_errors(sets, fragment):
     assert fragment in str(err.value)
 
 
-def test_vit_runs_without_the_dropout_stage():
-    cfg = overrides.resolve("demo", overrides=["model.name=vit", 'stages=["train"]'])
-    assert cfg.stages == ("train",)
+@pytest.mark.parametrize("arch, places", [("vit", 2), ("resnet50", 16)])
+def test_vit_and_resnet50_train_their_example_tied_dropout_variant(tmp_path, arch, places):
+    cfg = overrides.resolve("smoke", overrides=[f"model.name={arch}", 'stages=["train", "dropout"]'])
+    run = execute(cfg, str(tmp_path / arch), torch.device("cpu"), log=_quiet)
+    assert set(run.read_table("dropout")["mode"]) == {"plain", "train", "test", "drop"}
+    model = open_run(run.path).model(variant="dropout")
+    layers = etd.dropout_layers(model)
+    assert len(layers) == places and model.takes_example_ids
+    # Each layer's units are the hidden neurons of a block's MLP (vit) or a block's output channels (resnet50).
+    widths = ([b.mlp.fc1.out_features for b in model.blocks] if arch == "vit"
+              else [model.get_submodule(b).conv3.out_channels for b in model.layer_groups if b.startswith("layer")])
+    assert [layer.channels for layer in layers] == widths

@@ -180,7 +180,7 @@ def test_a_sigkilled_driver_loses_nothing_complete_and_the_rerun_finishes(tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--grid", "data.noise_frac=0.1,2.0"], "error: point noise_frac=2: data.noise_frac: a number in [0, 1), got 2.0"),
     (["--grid", "train.seeds=0,1"], "error: point seeds=0: unknown key 'train.seeds'"),
-    (["--grid", "model.name=mlp,vit"], "error: point name=vit: dropout: model 'vit' has no example-tied dropout"),
+    (["--grid", "model.name=mlp,gpt"], "error: point name=gpt: model.name: one of mlp"),
     (["--grid", "train.seed=0", "--backend", "ray"], "error: --backend: one of loky, dask, got 'ray'"),
 ])
 def test_a_bad_grid_exits_2_with_one_line_before_anything_is_written(tmp_path, args, message):

@@ -198,6 +198,8 @@ def naive_dense_table(lay, n_examples):
     ("mlp", (1, 8, 8), {"hidden": [16, 12]}, ["fc1", "fc2"]),
     ("cnn", (1, 8, 8), {"width": 0.25}, ["conv1", "conv2", "fc1"]),
     ("resnet9", (1, 8, 8), {"width": 0.0625}, ["prep", "layer1", "res1", "layer2", "res2", "layer3"]),
+    ("vit", (1, 8, 8), {"dim": 8, "depth": 2, "heads": 2}, ["blocks_0", "blocks_1"]),
+    ("resnet50", (1, 8, 8), {"width": 0.0625}, [f"layer{s}_{i}" for s, n in enumerate((3, 4, 6, 3), start=1) for i in range(n)]),
 ])
 def test_zoo_places_the_layer_and_trains_through_it(arch, shape, options, places):
     torch.manual_seed(0)
@@ -262,6 +264,31 @@ def test_bad_dropout_options_raise(option, fragment):
         models.build("mlp", (1, 8, 8), 10, hidden=[16, 16], example_tied_dropout=option)
 
 
-def test_architectures_without_the_layer_reject_the_option():
-    with pytest.raises(TypeError, match="unknown option"):
-        models.build("vit", (1, 8, 8), 10, dim=16, depth=1, heads=2, patch=4, example_tied_dropout={})
+def test_vit_masks_each_mlps_hidden_neurons_by_a_dense_table_reference():
+    """ViT: each block's MLP hidden neurons (after the GELU) are masked per example, the same
+    mask on every token; equal to the blocks run by hand with dense per-example tables."""
+    torch.manual_seed(0)
+    model = models.build("vit", (1, 8, 8), 10, dim=8, depth=2, heads=2, patch=4, example_tied_dropout={"p_mem": 0.4}).train()
+    x, ids = torch.randn(5, 1, 8, 8), torch.tensor([3, 19, 0, 3, 7])
+    h = model.patch_embed(x).flatten(2).transpose(1, 2)
+    h = torch.cat([model.cls_token.expand(5, -1, -1), h], dim=1) + model.pos_embed
+    for i, block in enumerate(model.blocks):
+        h = h + block.attn(block.norm1(h))
+        hidden = F.gelu(block.mlp.fc1(block.norm2(h))) * naive_dense_table(model.dropout[f"blocks_{i}"], 20)[ids][:, None, :]
+        h = h + block.mlp.fc2(hidden)
+    torch.testing.assert_close(model(x, example_ids=ids), model.head(model.norm(h[:, 0])))
+
+
+def test_resnet50_masks_each_bottleneck_output_by_a_dense_table_reference():
+    torch.manual_seed(0)
+    model = models.build("resnet50", (1, 8, 8), 10, width=0.0625, example_tied_dropout={"after": ["layer2_0", "layer4_2"]})
+    model.eval()  # BatchNorm with fixed statistics, so the reference sees the same numbers; dropout in its train mode
+    for layer in model.dropout.values():
+        layer.train()
+    x, ids = torch.randn(4, 1, 8, 8), torch.tensor([1, 12, 5, 1])
+    h = model.relu(model.bn1(model.conv1(x)))
+    for block in [f"layer{stage}.{i}" for stage, count in enumerate((3, 4, 6, 3), start=1) for i in range(count)]:
+        h = model.get_submodule(block)(h)
+        if block.replace(".", "_") in model.dropout:
+            h = h * naive_dense_table(model.dropout[block.replace(".", "_")], 20)[ids][:, :, None, None]
+    torch.testing.assert_close(model(x, example_ids=ids), model.fc(torch.flatten(model.avgpool(h), 1)))
