@@ -139,6 +139,9 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
             expect(page).to_have_url(re.compile(r"intervention=zero"))
             page.screenshot(path=tmp_path / "neurons_zeroed.png", full_page=True)
 
+            # The presenter configuration (.streamlit/config.toml): no Deploy button, even on localhost.
+            expect(page.locator("[data-testid='stAppDeployButton']")).to_have_count(0)
+
             # The scorecard as `precompute report --format html` writes it, opened as a file.
             report = tmp_path / "report.html"
             assert main(["report", str(explorer_run.path), "--format", "html", "--out", str(report)]) == 0
