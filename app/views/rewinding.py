@@ -51,7 +51,7 @@ noisy_ids = np.flatnonzero(labels["is_noisy"])
 if "rw_groups" not in st.session_state:  # first visit: take the intervention from the URL
     from_url = [i for i in decode_interventions(st.query_params.get("intervention")) if isinstance(i, Rewind)]
     valid = [i for i in from_url if i.group in groups_all and i.epoch in epochs]
-    st.session_state["rw_groups"] = [i.group for i in valid] or groups_all[:1]
+    st.session_state["rw_groups"] = [i.group for i in valid]  # none: the panel opens on the trained model, "before"
     st.session_state["rw_epoch"] = valid[0].epoch if valid else epochs[0]
     st.session_state["rw_buffers"] = valid[0].include_buffers if valid else True
     url_ids = st.query_params.get("example")
@@ -70,9 +70,12 @@ def parse_ids(text: str, n: int) -> list[int]:
 @st.fragment
 def live_panel():
     c1, c2, c3 = st.columns([3, 2, 1])
-    groups = c1.multiselect("Layer groups to rewind", groups_all, key="rw_groups")
+    groups = c1.multiselect("Layer groups to rewind", groups_all, key="rw_groups",
+                            placeholder="none: the trained model as it is; pick a group to rewind it")
     epoch = c2.select_slider("Rewind to epoch", epochs, key="rw_epoch")
     buffers = c3.checkbox("BatchNorm stats too", key="rw_buffers", help="rewind the groups' BatchNorm running statistics with their parameters")
+    st.button("Reset: rewind nothing", key="rw_reset", disabled=not groups,
+              on_click=lambda: st.session_state.update(rw_groups=[]))
     text = st.text_input("Examples to follow (training example ids, comma separated; at most 50)", key="rw_examples")
     ids = parse_ids(text, len(labels["is_noisy"]))
     items = [Rewind(g, int(epoch), bool(buffers)) for g in groups]

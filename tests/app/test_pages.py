@@ -118,6 +118,18 @@ def test_live_rewind_equals_the_library(monkeypatch, explorer_run, library):
     assert rows["prediction after"].astype(int).tolist() == after
 
 
+def test_live_rewind_opens_on_the_trained_model_and_resets_to_it(monkeypatch, explorer_run, library):
+    at = _page(monkeypatch, explorer_run, "rewinding")
+    assert at.multiselect(key="rw_groups").value == [] and at.button(key="rw_reset").disabled
+    before = _metrics(at)
+    assert before == _shown(_evaluate(library, []))  # "before": nothing rewound
+    at.multiselect(key="rw_groups").set_value(["fc1"]).run()
+    assert _metrics(at) == _shown(_evaluate(library, [Rewind("fc1", 0)])) and not at.button(key="rw_reset").disabled
+    at.button(key="rw_reset").click().run()
+    assert at.multiselect(key="rw_groups").value == [] and _metrics(at) == before
+    assert at.query_params["intervention"] == ""
+
+
 def test_an_intervention_in_the_url_reopens_the_same_live_rewind(monkeypatch, explorer_run, library):
     at = _app(monkeypatch, explorer_run.path.parent, page="rewinding", intervention="rewind:fc2@1", example="3, 5").run()
     assert not at.exception
