@@ -43,6 +43,20 @@ def legend_pick(field: str) -> alt.Parameter:
     return alt.selection_point(fields=[field], bind="legend")
 
 
+def bar_labels(base: alt.Chart, value: str, fmt: str = ".0%") -> alt.Chart:
+    """Each bar's value written above it, for the bars drawn from `base` (the chart with the
+    bars' x / offset encodings, without their y): a bar of height 0 is invisible, so 0% is
+    written "0%" and a missing value (NaN) "n/a" at the baseline. Layer it on the bars."""
+    return (
+        base.transform_calculate(
+            bar_label=f"isValid(datum['{value}']) && isFinite(datum['{value}']) ? format(datum['{value}'], '{fmt}') : 'n/a'",
+            bar_top=f"isValid(datum['{value}']) && isFinite(datum['{value}']) ? datum['{value}'] : 0",
+        )
+        .mark_text(baseline="bottom", dy=-3, fontSize=13, color="#333333")
+        .encode(y=alt.Y("bar_top:Q"), text="bar_label:N")
+    )
+
+
 def heatmap(data: pd.DataFrame, x: str, y: str, value: str, title: str, domain=(0, 1), scheme="viridis",
             y_sort: list | None = None, tooltip: list | None = None, legend: str | None = None) -> alt.Chart:
     return (
@@ -92,4 +106,4 @@ def class_name(classes: tuple[str, ...], k: int) -> str:
     return f"{k} ({classes[k]})" if classes[k] != str(k) else str(k)
 
 
-__all__ = ["show_chart", "legend_pick", "heatmap", "populations_long", "accuracy_metrics", "image_of", "class_name"]
+__all__ = ["show_chart", "legend_pick", "bar_labels", "heatmap", "populations_long", "accuracy_metrics", "image_of", "class_name"]

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import layout, live, opened, page_run, require_tables, run_labels
-from app.charts import accuracy_metrics, class_name, image_of, legend_pick, show_chart
+from app.charts import accuracy_metrics, bar_labels, class_name, image_of, legend_pick, show_chart
 from app.url import decode_interventions, encode_interventions, url_int
 from memloc.interventions import ZeroUnits, unit_name
 
@@ -54,16 +54,18 @@ with right:
         .assign(units="random (same number)"),
     ])
     pick2 = legend_pick("units")
+    base = alt.Chart(rates, title="Share of examples whose prediction flips").encode(
+        x=alt.X("kind:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="units:N",
+        tooltip=["kind:N", "units:N", alt.Tooltip("flipped:Q", format=".1%")])
     bars = (
-        alt.Chart(rates, title="Share of examples whose prediction flips")
-        .mark_bar()
-        .encode(x=alt.X("kind:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="units:N", y=alt.Y("flipped:Q", title="share flipped", scale=alt.Scale(domain=[0, 1])),
-                color=alt.Color("units:N", title=None, legend=alt.Legend(orient="bottom")),
-                opacity=alt.condition(pick2, alt.value(1.0), alt.value(0.2)),
-                tooltip=["kind:N", "units:N", alt.Tooltip("flipped:Q", format=".1%")])
+        base.mark_bar()
+        .encode(y=alt.Y("flipped:Q", title="share flipped", scale=alt.Scale(domain=[0, 1.08])),
+                color=alt.Color("units:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=0)),
+                opacity=alt.condition(pick2, alt.value(1.0), alt.value(0.2)))
         .add_params(pick2)
     )
-    show_chart(bars, rates, "flip_rates", run)
+    # The random control's share is often 0%: written, not an empty space.
+    show_chart(alt.layer(bars, bar_labels(base, "flipped")), rates, "flip_rates", run)
 cost = flips.groupby("kind")[["acc_clean_after", "acc_test_after", "random_acc_clean_after", "random_acc_test_after"]].mean()
 st.caption(
     "Cost of the edit (mean over examples): " + "; ".join(

@@ -214,6 +214,12 @@ def test_example_page_with_attributions_before_and_after_zeroing(monkeypatch, ex
 def test_dropout_page_counts_survivors(monkeypatch, explorer_run):
     at = _page(monkeypatch, explorer_run, "dropout")
     assert len(at.get("vega_lite_chart")) == 1
+    # Every bar's value is written on it: a text layer over the same rows, 'n/a' where there is no value.
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    texts = [layer for layer in spec["layer"] if layer["mark"]["type"] == "text"]
+    assert len(texts) == 1 and texts[0]["encoding"]["text"]["field"] == "bar_label"
+    shown = _chart_data(at.get("vega_lite_chart")[0])
+    assert len(shown) == 4 * 4 and shown.query("mode == 'dropout: train mode (own masks)' and population == 'test'")["accuracy"].isna().all()
     table = explorer_run.read_table("dropout_examples")
     noisy = explorer_run.read_labels()["is_noisy"]
     wide = table.pivot(index="example_id", columns="mode", values="correct").reindex(np.flatnonzero(noisy))
