@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.cache import layout, live, opened, page_run, require_tables, run_labels
+from app.cache import layout, live, model_in_use, opened, page_run, require_tables, run_labels
 from app.charts import accuracy_metrics, class_name, heatmap, show_chart
 from app.url import decode_interventions, encode_interventions
 from memloc.evaluate import POPULATIONS, accuracy_column
@@ -44,6 +44,8 @@ st.markdown(
 )
 data = opened(run)
 groups_all, _ = layout(run)
+with model_in_use(run) as model:
+    has_statistics = any(True for _ in model.buffers())  # BatchNorm running statistics (the MLP has none)
 epochs = run.checkpoint_epochs()
 labels = run_labels(run)
 noisy_ids = np.flatnonzero(labels["is_noisy"])
@@ -69,11 +71,13 @@ def parse_ids(text: str, n: int) -> list[int]:
 
 @st.fragment
 def live_panel():
-    c1, c2, c3 = st.columns([3, 2, 1])
+    c1, c2, c3 = st.columns([4, 3, 2])
     groups = c1.multiselect("Layer groups to rewind", groups_all, key="rw_groups",
                             placeholder="none: the trained model as it is; pick a group to rewind it")
     epoch = c2.select_slider("Rewind to epoch", epochs, key="rw_epoch")
-    buffers = c3.checkbox("BatchNorm stats too", key="rw_buffers", help="rewind the groups' BatchNorm running statistics with their parameters")
+    # A model without BatchNorm has no statistics to rewind: no control that does nothing.
+    buffers = (c3.checkbox("BatchNorm stats too", key="rw_buffers", help="rewind the groups' BatchNorm running statistics "
+                           "with their parameters") if has_statistics else True)
     st.button("Reset: rewind nothing", key="rw_reset", disabled=not groups,
               on_click=lambda: st.session_state.update(rw_groups=[]))
     text = st.text_input("Examples to follow (training example ids, comma separated; at most 50)", key="rw_examples")

@@ -121,6 +121,7 @@ def test_live_rewind_equals_the_library(monkeypatch, explorer_run, library):
 def test_live_rewind_opens_on_the_trained_model_and_resets_to_it(monkeypatch, explorer_run, library):
     at = _page(monkeypatch, explorer_run, "rewinding")
     assert at.multiselect(key="rw_groups").value == [] and at.button(key="rw_reset").disabled
+    assert "rw_buffers" not in [box.key for box in at.checkbox]  # the MLP has no BatchNorm statistics to rewind
     before = _metrics(at)
     assert before == _shown(_evaluate(library, []))  # "before": nothing rewound
     at.multiselect(key="rw_groups").set_value(["fc1"]).run()
