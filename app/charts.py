@@ -43,6 +43,11 @@ def legend_pick(field: str) -> alt.Parameter:
     return alt.selection_point(fields=[field], bind="legend")
 
 
+def epoch_x(field: str = "epoch", title: str = "epoch") -> alt.X:
+    """An x axis of epochs: integer ticks (1, 2, 3, never 0.0, 0.5, 1.0)."""
+    return alt.X(f"{field}:Q", title=title, axis=alt.Axis(format="d", tickMinStep=1))
+
+
 def bar_labels(base: alt.Chart, value: str, fmt: str = ".0%") -> alt.Chart:
     """Each bar's value written above it, for the bars drawn from `base` (the chart with the
     bars' x / offset encodings, without their y): a bar of height 0 is invisible, so 0% is
@@ -106,4 +111,4 @@ def class_name(classes: tuple[str, ...], k: int) -> str:
     return f"{k} ({classes[k]})" if classes[k] != str(k) else str(k)
 
 
-__all__ = ["show_chart", "legend_pick", "bar_labels", "heatmap", "populations_long", "accuracy_metrics", "image_of", "class_name"]
+__all__ = ["show_chart", "legend_pick", "epoch_x", "bar_labels", "heatmap", "populations_long", "accuracy_metrics", "image_of", "class_name"]

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.cache import (RunError, run_in_root, run_names, run_numbers, selected_runs_root, sweep_in_root, sweep_names,
                        sweep_record, sweep_summary, table)
-from app.charts import legend_pick, show_chart
+from app.charts import epoch_x, legend_pick, show_chart
 from app.url import url_choice
 from memloc.evaluate import POPULATIONS, accuracy_column
 from memloc.grid import point_name, seed_axes, short_names
@@ -162,10 +162,10 @@ def curves_panel():
     colour = alt.Color("setting:N", title=None, scale=alt.Scale(scheme="tableau10"),
                        legend=alt.Legend(orient="bottom", labelLimit=0))
     opacity = alt.condition(pick, alt.value(1.0), alt.value(0.1))
-    area = alt.Chart(band).mark_area(opacity=0.25).encode(x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+    area = alt.Chart(band).mark_area(opacity=0.25).encode(x=epoch_x(),
                                                           y="low:Q", y2="high:Q", color=colour)
     line = alt.Chart(band).mark_line(strokeWidth=3).encode(
-        x="epoch:Q", y=alt.Y("mean:Q", title=f"accuracy: {POPULATIONS[population]}", scale=alt.Scale(domain=[0, 1])),
+        x=epoch_x(), y=alt.Y("mean:Q", title=f"accuracy: {POPULATIONS[population]}", scale=alt.Scale(domain=[0, 1])),
         color=colour, opacity=opacity,
         tooltip=["setting:N", "epoch:Q", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("std:Q", format=".3f"), "n:Q"])
     chart = (area + line).add_params(pick).properties(height=320)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.cache import (attributions, has_table, layer_names, live, method_names, model_choices, opened, page_run,
                        run_labels, table)
-from app.charts import class_name, image_of, legend_pick, show_chart
+from app.charts import class_name, epoch_x, image_of, legend_pick, show_chart
 from app.url import url_int
 from memloc.attribution import METHODS
 
@@ -81,7 +81,7 @@ with left:
     lc = (
         alt.Chart(curve, title="Learning curve (training pass of each epoch)")
         .mark_line(point=True, color="#999999")
-        .encode(x="epoch:Q", y=alt.Y("loss:Q", title="cross-entropy vs training label"),
+        .encode(x=epoch_x(), y=alt.Y("loss:Q", title="cross-entropy vs training label"),
                 tooltip=["epoch:Q", alt.Tooltip("loss:Q", format=".3f"), "prediction:N"])
     )
     lc = lc + lc.mark_point(filled=True, size=40).encode(
@@ -96,7 +96,7 @@ with right:
         gc = (
             alt.Chart(eg, title="Its gradient norm per layer group")
             .mark_line(point=True)
-            .encode(x="epoch:Q", y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=None),
+            .encode(x=epoch_x(), y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=None),
                     opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
                     tooltip=["group:N", "epoch:Q", alt.Tooltip("grad_norm:Q", format=".4g")])
             .add_params(pick)

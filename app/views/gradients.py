@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import page_run, require_tables, run_labels
-from app.charts import heatmap, legend_pick, show_chart
+from app.charts import epoch_x, heatmap, legend_pick, show_chart
 from memloc.gradients import noisy_share
 
 run, info = page_run()
@@ -37,7 +37,7 @@ def norms_panel():
         alt.Chart(long)
         .mark_line()
         .encode(
-            x="epoch:Q",
+            x=epoch_x(),
             y=alt.Y("norm:Q", title="gradient norm (summed over the epoch)"),
             color=alt.Color("part:N", title=None, legend=alt.Legend(orient="bottom")),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
@@ -104,7 +104,7 @@ def example_panel():
     one_chart = (
         alt.Chart(one, title=f"Example {chosen} ({'noisy' if is_noisy[chosen] else 'clean'})")
         .mark_line(point=True)
-        .encode(x="epoch:Q", y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=order),
+        .encode(x=epoch_x(), y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=order),
                 tooltip=["group:N", "epoch:Q", alt.Tooltip("grad_norm:Q", format=".4g")])
     )
     show_chart(one_chart, one, f"example_{chosen}_gradients", run)

@@ -38,7 +38,7 @@ with left:
         alt.Chart(flipped, title="Units zeroed until the prediction flips")
         .mark_bar(opacity=0.75)
         .encode(
-            x=alt.X("n_units:Q", bin=alt.Bin(maxbins=30, minstep=1), title="units zeroed"),
+            x=alt.X("n_units:Q", bin=alt.Bin(maxbins=30, minstep=1), title="units zeroed", axis=alt.Axis(format="d")),
             y=alt.Y("count():Q", stack=None, title="examples"),
             color=alt.Color("kind:N", title=None),
             opacity=alt.condition(pick, alt.value(0.8), alt.value(0.1)),

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import RunError, current_run, manifest, run_labels, show_run_error, table
-from app.charts import legend_pick, populations_long, show_chart
+from app.charts import epoch_x, legend_pick, populations_long, show_chart
 from memloc.config import STAGES
 from memloc.train import memorized_from
 
@@ -51,7 +51,7 @@ chart = (
     alt.Chart(long, title="Accuracy per epoch")
     .mark_line(point=False)
     .encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        x=epoch_x(),
         y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("population:N", title=None, legend=alt.Legend(orient="bottom")),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),

@@ -4,7 +4,7 @@ import altair as alt
 import streamlit as st
 
 from app.cache import page_run, require_tables
-from app.charts import legend_pick, populations_long, show_chart
+from app.charts import epoch_x, legend_pick, populations_long, show_chart
 from memloc.evaluate import POPULATIONS, accuracy_column
 
 run, info = page_run()
@@ -37,7 +37,7 @@ def curves_panel():
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("epoch:Q", title="retraining epoch (0 = after the reset)", axis=alt.Axis(tickMinStep=1)),
+            x=epoch_x(title="retraining epoch (0 = after the reset)"),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=color,
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1)),
