@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 import streamlit as st  # noqa: E402
 
 from app.cache import create_run_command, damage_note, run_in_root, run_names, run_problems, selected_runs_root  # noqa: E402
+from app.url import url_notice  # noqa: E402
 from memloc.store import RunError, list_sweeps  # noqa: E402
 
 st.set_page_config(page_title="memloc", layout="wide")
@@ -38,6 +39,8 @@ if st.session_state.get("run_name") not in names:  # first visit: take the run f
     wanted = st.query_params.get("run")
     healthy = [n for n in names if not run_problems(run_in_root(root, n))]
     st.session_state["run_name"] = wanted if wanted in names else (healthy or names)[0]
+    if wanted is not None and wanted not in names:
+        url_notice(f"`run={wanted}` is not a run under `{root}`; showing {st.session_state['run_name']}.")
 name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}; a sweep's points as sweep/point")
 st.query_params["run"] = name
 note = damage_note(run_in_root(root, name))

@@ -14,8 +14,15 @@ import streamlit as st
 from memloc.interventions import Intervention, Rewind, ZeroUnits, parse_unit
 
 
-def url_int(param: str, key: str, valid: Callable[[int], bool], default: int) -> None:
-    """Initialize widget state `key` from query parameter `param` (if valid) on first use."""
+def url_notice(text: str) -> None:
+    """Say that a value of the link was not used, and what is shown instead: a link that
+    silently opens something else would mislead its audience."""
+    st.info(f"From the link: {text}", icon=":material/link_off:")
+
+
+def url_int(param: str, key: str, valid: Callable[[int], bool], default: int, expected: str = "a valid value") -> None:
+    """Initialize widget state `key` from query parameter `param` (if valid) on first use; an
+    invalid value gets a notice naming it and `expected`."""
     if key in st.session_state:
         return
     raw = st.query_params.get(param)
@@ -23,14 +30,20 @@ def url_int(param: str, key: str, valid: Callable[[int], bool], default: int) ->
         value = int(raw) if raw is not None else None
     except ValueError:
         value = None
-    st.session_state[key] = value if value is not None and valid(value) else default
+    ok = value is not None and valid(value)
+    if raw is not None and not ok:
+        url_notice(f"`{param}={raw}` is not {expected}; showing {default}.")
+    st.session_state[key] = value if ok else default
 
 
 def url_choice(param: str, key: str, options: list, default) -> None:
-    """Initialize widget state `key` from query parameter `param` (if one of `options`) on first use."""
+    """Initialize widget state `key` from query parameter `param` (if one of `options`) on first
+    use; another value gets a notice naming it."""
     if key in st.session_state:
         return
     raw = st.query_params.get(param)
+    if raw is not None and raw not in options:
+        url_notice(f"`{param}={raw}` is not one of {', '.join(map(str, options))}; showing {default}.")
     st.session_state[key] = raw if raw in options else default
 
 
@@ -67,4 +80,4 @@ def decode_interventions(text: str | None) -> list[Intervention]:
     return items
 
 
-__all__ = ["url_int", "url_choice", "encode_interventions", "decode_interventions"]
+__all__ = ["url_notice", "url_int", "url_choice", "encode_interventions", "decode_interventions"]

@@ -24,7 +24,8 @@ labels = run_labels(run)
 data = opened(run)
 classes = data.data.classes
 n = len(labels["is_noisy"])
-url_int("example", "ex_id", lambda i: 0 <= i < n, int(np.flatnonzero(labels["is_noisy"])[0]) if labels["is_noisy"].any() else 0)
+url_int("example", "ex_id", lambda i: 0 <= i < n, int(np.flatnonzero(labels["is_noisy"])[0]) if labels["is_noisy"].any() else 0,
+        expected=f"a training example id of this run (0-{n - 1})")
 choices = model_choices(info)
 if "ex_model" not in st.session_state:
     st.session_state["ex_model"] = st.query_params.get("model") if st.query_params.get("model") in choices else "plain"

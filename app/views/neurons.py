@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.cache import layout, live, opened, page_run, require_tables, run_labels
 from app.charts import accuracy_metrics, bar_labels, class_name, image_of, legend_pick, show_chart
-from app.url import decode_interventions, encode_interventions, url_int
+from app.url import decode_interventions, encode_interventions, url_int, url_notice
 from memloc.interventions import ZeroUnits, unit_name
 
 run, info = page_run()
@@ -112,10 +112,15 @@ st.markdown("Pick an example: its flip set is preselected. Add or remove units, 
 _, unit_counts = layout(run)
 all_units = [unit_name(layer, i) for layer, n in unit_counts.items() for i in range(n)]
 targets = flips.sort_values(["kind", "example_id"], ascending=[False, True])["example_id"].tolist()
-url_int("example", "nr_example", lambda i: i in targets, targets[0])
+url_int("example", "nr_example", lambda i: i in targets, targets[0], expected="an example the flip stage flipped")
 if "nr_units" not in st.session_state:
-    zeros = [i for i in decode_interventions(st.query_params.get("intervention")) if isinstance(i, ZeroUnits)]
-    from_url = [u for z in zeros for u in z.units if u in set(all_units)]
+    raw = st.query_params.get("intervention")
+    zeros = [i for i in decode_interventions(raw) if isinstance(i, ZeroUnits)]
+    asked = [u for z in zeros for u in z.units]
+    from_url = [u for u in asked if u in set(all_units)]
+    if raw and (not zeros or len(from_url) < len(asked)):
+        dropped = ", ".join(u for u in asked if u not in set(all_units)) or raw
+        url_notice(f"`intervention={raw}`: {dropped} is not a set of this model's units; ignored.")
     st.session_state["nr_units"] = from_url or None  # None: the example's flip set
 
 

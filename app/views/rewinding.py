@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.cache import layout, live, model_in_use, opened, page_run, require_tables, run_labels
 from app.charts import accuracy_metrics, class_name, heatmap, show_chart
-from app.url import decode_interventions, encode_interventions
+from app.url import decode_interventions, encode_interventions, url_notice
 from memloc.evaluate import POPULATIONS, accuracy_column
 from memloc.interventions import Rewind
 
@@ -50,15 +50,6 @@ epochs = run.checkpoint_epochs()
 labels = run_labels(run)
 noisy_ids = np.flatnonzero(labels["is_noisy"])
 
-if "rw_groups" not in st.session_state:  # first visit: take the intervention from the URL
-    from_url = [i for i in decode_interventions(st.query_params.get("intervention")) if isinstance(i, Rewind)]
-    valid = [i for i in from_url if i.group in groups_all and i.epoch in epochs]
-    st.session_state["rw_groups"] = [i.group for i in valid]  # none: the panel opens on the trained model, "before"
-    st.session_state["rw_epoch"] = valid[0].epoch if valid else epochs[0]
-    st.session_state["rw_buffers"] = valid[0].include_buffers if valid else True
-    url_ids = st.query_params.get("example")
-    st.session_state["rw_examples"] = url_ids or ", ".join(str(i) for i in noisy_ids[:8])
-
 
 def parse_ids(text: str, n: int) -> list[int]:
     ids = []
@@ -67,6 +58,26 @@ def parse_ids(text: str, n: int) -> list[int]:
         if part.isascii() and part.isdigit() and int(part) < n and int(part) not in ids:  # str.isdigit takes superscripts
             ids.append(int(part))
     return ids[:50]
+
+
+if "rw_groups" not in st.session_state:  # first visit: take the intervention from the URL
+    raw = st.query_params.get("intervention")
+    from_url = [i for i in decode_interventions(raw) if isinstance(i, Rewind)]
+    valid = [i for i in from_url if i.group in groups_all and i.epoch in epochs]
+    if raw and len(valid) < max(1, len(from_url)):
+        dropped = ", ".join(f"{i.group}@{i.epoch}" for i in from_url if i not in valid) or raw
+        url_notice(f"`intervention={raw}`: {dropped} is not a layer group of this run rewound to one of its "
+                   "checkpoints; ignored.")
+    st.session_state["rw_groups"] = [i.group for i in valid]  # none: the panel opens on the trained model, "before"
+    st.session_state["rw_epoch"] = valid[0].epoch if valid else epochs[0]
+    st.session_state["rw_buffers"] = valid[0].include_buffers if valid else True
+    url_ids = st.query_params.get("example")
+    st.session_state["rw_examples"] = url_ids or ", ".join(str(i) for i in noisy_ids[:8])
+    asked = [part for part in (url_ids or "").replace(";", ",").split(",") if part.strip()]
+    kept = parse_ids(url_ids or "", len(labels["is_noisy"]))
+    if len(kept) < len(asked):
+        url_notice(f"`example={url_ids}`: {len(asked) - len(kept)} of its {len(asked)} ids are not distinct training "
+                   f"example ids of this run (0-{len(labels['is_noisy']) - 1}, at most 50); left out.")
 
 
 @st.fragment

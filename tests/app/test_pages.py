@@ -384,3 +384,26 @@ def test_findings_of_a_run_lacking_stages_says_not_measured_and_the_command(monk
     assert not [r for r in at.radio if r.key == "findings_of"]  # no sweep under the root: nothing to choose
     assert "`flip`, `dropout`" in at.info[0].value
     assert at.code[0].value == f"python -m precompute run --preset smoke --out {root / 'smoke'}"
+
+
+@pytest.mark.parametrize("page, params, notice", [
+    ("findings", {"run": "nosuchrun"}, "`run=nosuchrun` is not a run under"),
+    ("example", {"example": "99999"}, "`example=99999` is not a training example id of this run (0-"),
+    ("example", {"example": "seven"}, "`example=seven` is not a training example id"),
+    ("rewinding", {"intervention": "rewind:fc9@0"}, "`intervention=rewind:fc9@0`: fc9@0 is not a layer group of this run"),
+    ("rewinding", {"intervention": "warp:fc1"}, "`intervention=warp:fc1`: warp:fc1 is not a layer group"),
+    ("rewinding", {"example": "3, 99999, 3"}, "`example=3, 99999, 3`: 2 of its 3 ids are not distinct training example ids"),
+    ("neurons", {"intervention": "zero:fc1[9999]"}, "`intervention=zero:fc1[9999]`: fc1[9999] is not a set of this model's units"),
+])
+def test_a_link_value_that_is_not_used_says_so(monkeypatch, explorer_run, page, params, notice):
+    """An odd value in a link is named in a notice, and the page still shows what it falls back to."""
+    at = _app(monkeypatch, explorer_run.path.parent, page=page, **params).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [box.value for box in at.info]
+    assert any(notice in text for text in shown), shown
+    assert at.title  # the page itself is there
+
+
+def test_a_valid_link_gives_no_notice(monkeypatch, explorer_run):
+    at = _app(monkeypatch, explorer_run.path.parent, page="rewinding", run="smoke", intervention="rewind:fc2@1", example="3, 5").run()
+    assert not at.exception and not [box.value for box in at.info if "From the link" in box.value]
