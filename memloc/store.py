@@ -61,7 +61,7 @@ from memloc.lazy import lazy
 
 pd = lazy("pandas")
 torch = lazy("torch")
-safetensors_torch = lazy("safetensors.torch")
+safetensors_io = lazy("safetensors.torch")  # safetensors, never pickle
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -528,12 +528,12 @@ class Run:
 
     @staticmethod
     def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-        return safetensors_torch.save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+        return safetensors_io.save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
 
     def _get_tensors(self, rel: str, device: str | torch.device) -> dict[str, torch.Tensor]:
         """The tensors of a verified safetensors artifact."""
         try:
-            tensors = safetensors_torch.load(self._get(rel))
+            tensors = safetensors_io.load(self._get(rel))
         except SafetensorError as e:
             raise RunError(f"{self.path / rel} is not a valid safetensors file ({e}); "
                            f"run `{self.heal_command()}` to recreate it") from None
