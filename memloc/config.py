@@ -4,7 +4,7 @@ Each section's settings live with the code that uses them (`memloc.settings` say
 declared): `data` in `memloc.data`, `train` in `memloc.train`, `gradients` in
 `memloc.gradients`, `rewind` in `memloc.rewinding`, `retrain` in `memloc.retraining`, `flip` in
 `memloc.flipping`, `dropout` in `memloc.dropout` (whose example-tied dropout options are the
-model zoo's). `model` (an architecture of the zoo and its options) is the one section declared
+model zoo's), `localize` in `memloc.localization`. `model` (an architecture of the zoo and its options) is the one section declared
 here. This module only composes them and checks what spans sections, building the model once
 so that bad architecture options fail before anything runs (the one check that imports torch:
 it comes after every section's own, `memloc.lazy`).
@@ -24,6 +24,7 @@ from memloc.data import INPUT_SHAPES, DataSettings
 from memloc.dropout import DropoutSettings
 from memloc.flipping import FlipSettings
 from memloc.gradients import GradientsSettings
+from memloc.localization import LocalizeSettings
 from memloc.retraining import RetrainSettings
 from memloc.rewinding import RewindSettings
 from memloc.settings import ConfigError, check, plain, setting
@@ -50,7 +51,7 @@ class ModelSettings:
 
 
 #: Stages of `precompute run`, in the order they run. Later stages read what earlier ones wrote.
-STAGES: tuple[str, ...] = ("train", "example_gradients", "rewind", "retrain", "flip", "dropout")
+STAGES: tuple[str, ...] = ("train", "example_gradients", "rewind", "retrain", "flip", "dropout", "localize")
 
 #: The tables each stage writes (the run store knows their files; the explorer names the stage
 #: that adds a missing table).
@@ -61,6 +62,7 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "retrain": ("retraining",),
     "flip": ("flipping", "flip_units"),
     "dropout": ("dropout", "dropout_examples"),
+    "localize": ("localizers", "localizer_units"),
 }
 #: The stage that writes each table.
 TABLE_STAGE: dict[str, str] = {table: stage for stage, tables in STAGE_TABLES.items() for table in tables}
@@ -79,6 +81,7 @@ class RunConfig:
     dropout: DropoutSettings = field(default_factory=DropoutSettings)
     rewind: RewindSettings = field(default_factory=RewindSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    localize: LocalizeSettings = field(default_factory=LocalizeSettings)
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -94,6 +97,9 @@ class RunConfig:
             lost = sorted(set(wanted) - kept) if stage in self.stages else []
             check(not lost, key, f"kept checkpoints; train.keep_epochs={self.train.keep_epochs!r} does not keep {lost}",
                   list(wanted))
+        wants_dropout = "localize" in self.stages and "dropout" in self.localize.benchmarks
+        check(not wants_dropout or "dropout" in self.stages, "localize.benchmarks",
+              "without dropout unless stage dropout runs (its ground truth is the dropout model)", list(self.localize.benchmarks))
         self._check_models()
 
     def _check_models(self) -> None:
@@ -135,6 +141,7 @@ class RunConfig:
 SECTIONS: dict[str, type] = {
     "data": DataSettings, "model": ModelSettings, "train": TrainSettings, "gradients": GradientsSettings,
     "flip": FlipSettings, "dropout": DropoutSettings, "rewind": RewindSettings, "retrain": RetrainSettings,
+    "localize": LocalizeSettings,
 }
 
 __all__ = ["ModelSettings", "STAGES", "STAGE_TABLES", "TABLE_STAGE", "RunConfig", "SECTIONS"]

@@ -62,6 +62,7 @@ pd = lazy("pandas")
 torch = lazy("torch")
 F = lazy("torch.nn.functional")
 nn = lazy("torch.nn")
+etd = lazy("models.example_tied_dropout")
 
 # Streams of the seeded generators, so no two kinds of draw share random numbers.
 _BATCH_STREAM, _NOISE_STREAM, _RANDOM_UNITS_STREAM, _EVAL_STREAM, _TARGETS_STREAM = 0, 1, 2, 3, 4
@@ -125,7 +126,7 @@ class FlipResult:
     new_prediction: int  # the prediction after the last zeroed unit
 
 
-def _generator(seed: int, example_id: int, stream: int) -> torch.Generator:
+def seeded_generator(seed: int, example_id: int, stream: int) -> torch.Generator:
     """A CPU generator for one (seed, example, purpose), independent of every other."""
     state = np.random.SeedSequence([seed, example_id, stream]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
@@ -134,7 +135,7 @@ def _generator(seed: int, example_id: int, stream: int) -> torch.Generator:
 def reference_batch(example_id: int, n_train: int, batch_size: int, seed: int) -> torch.Tensor:
     """Example ids (|B|,) of the target's reference batch: the target first, then
     `batch_size - 1` other training examples drawn without replacement (all if fewer)."""
-    g = _generator(seed, example_id, _BATCH_STREAM)
+    g = seeded_generator(seed, example_id, _BATCH_STREAM)
     others = torch.randperm(n_train - 1, generator=g)[: batch_size - 1]  # ids with the target left out
     others = others + (others >= example_id).long()  # shift to skip the target's own id
     return torch.cat([torch.tensor([example_id]), others])
@@ -146,7 +147,7 @@ def target_inputs(train_x: torch.Tensor, batch: torch.Tensor, example_id: int, s
     x = train_x[batch.to(train_x.device)]  # (|B|, C, H, W)
     if not settings.robust:
         return x
-    g = _generator(settings.seed, example_id, _NOISE_STREAM)
+    g = seeded_generator(settings.seed, example_id, _NOISE_STREAM)
     noise = torch.randn((len(x), settings.noise_draws, *x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
     # Scale each draw to L2 norm noise_rel * ||x_i||.
     x_norm = x.flatten(1).norm(dim=1).view(-1, 1, *([1] * (x.dim() - 1)))  # (|B|, 1, 1, 1, 1)
@@ -169,17 +170,30 @@ def _chunks(n_targets: int, rows_per_target: int, chunk_rows: int) -> Iterator[s
         yield slice(start, min(start + per, n_targets))
 
 
+def forward_as_trained(model: nn.Module, x: torch.Tensor, example_ids: torch.Tensor | None) -> torch.Tensor:
+    """Logits of `model` on rows x whose training example ids are `example_ids` (same length):
+    a model with example-tied dropout runs each row through its own example's masks (its mode
+    `train`, the model as trained: PAPER.md section 5); any other model ignores the ids."""
+    if not getattr(model, "takes_example_ids", False):
+        return model(x)
+    with etd.dropout_mode(model, "train"):
+        return model(x, example_ids=example_ids)
+
+
 @no_grad
 def _predict_targets(
-    model: nn.Module, hooks: UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int
+    model: nn.Module, hooks: UnitMasks, masks: torch.Tensor, inputs: torch.Tensor, draws: int, chunk_rows: int,
+    row_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The flip test, batched: the prediction (T,) for each target's own image (the first `draws`
     rows of its inputs (T, rows, C, H, W), logits averaged over them) under its mask row (T, U).
-    Needs `hooks` (`unit_masks`) on `model`, frozen in eval mode."""
+    Needs `hooks` (`unit_masks`) on `model`, frozen in eval mode. `row_ids` (T, rows): the
+    example id of every input row, for a model with example-tied dropout."""
     preds = []
     for part in _chunks(len(masks), draws, chunk_rows):
         hooks.set(masks[part])
-        logits = model(inputs[part, :draws].flatten(0, 1))  # (t * draws, K)
+        ids = None if row_ids is None else row_ids[part, :draws].flatten()
+        logits = forward_as_trained(model, inputs[part, :draws].flatten(0, 1), ids)  # (t * draws, K)
         preds.append(logits.view(-1, draws, logits.shape[-1]).mean(1).argmax(-1))
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=inputs.device)
 
@@ -191,6 +205,7 @@ def flip_examples(
     example_ids: Sequence[int],
     settings: FlipSettings = FlipSettings(),
     on_result: Callable[[FlipResult], None] | None = None,
+    layers: Sequence[str] | None = None,
 ) -> list[FlipResult]:
     """Greedy flipping of every example in `example_ids` (fast path), results in that order.
 
@@ -201,13 +216,17 @@ def flip_examples(
     cap, then (2) computes `dJ/dm` for the rest in chunks of at most `chunk_rows` forward rows and
     zeroes each target's highest-scoring unit that is still on. The model is used in eval mode
     `frozen` (eval mode, no weight gradients) and is restored afterwards.
-    `on_result` is called as each target finishes (e.g. to advance a progress bar).
+    `on_result` is called as each target finishes (e.g. to advance a progress bar). `layers`:
+    the unit layers (`UnitIndex`; default `model.unit_layers`). A model with example-tied
+    dropout is flipped as trained: every input row through its own example's masks
+    (`forward_as_trained`), e.g. with its dropout layers as `layers`
+    (`memloc.localization`).
 
     An example the model does not predict with its training label to begin with finishes at
     once, with no units and `flipped` true (the stage only picks examples predicted with their
     label, but a list of ids may hold such ones).
     """
-    index = UnitIndex(model)
+    index = UnitIndex(model, layers)
     draws, n_train = settings.draws, len(train_x)
     targets_per_step, chunk_rows = settings.targets_per_step, eval_rows(settings.chunk_rows, train_x.device)
     batch = min(settings.batch_size, n_train)
@@ -220,8 +239,9 @@ def flip_examples(
     inputs = train_x.new_empty(0, rows, *train_x.shape[1:])  # (T, |B| * draws, C, H, W)
     labels = train_labels.new_empty(0, batch)  # (T, |B|) training labels of each reference batch
     masks = train_x.new_ones(0, index.total)  # (T, U)
+    row_ids = torch.zeros(0, rows, dtype=torch.long, device=train_x.device)  # (T, |B| * draws) example id of each input row
     results: dict[int, FlipResult] = {}
-    with frozen(model), unit_masks(model) as hooks:
+    with frozen(model), unit_masks(model, layers=layers) as hooks:
         while queue or ids:
             new = [queue.popleft() for _ in range(min(len(queue), targets_per_step - len(ids)))]
             if new:
@@ -229,11 +249,12 @@ def flip_examples(
                 inputs = torch.cat([inputs, torch.stack([target_inputs(train_x, b, e, settings) for b, e in zip(batches, new)])])
                 labels = torch.cat([labels, torch.stack([train_labels[b.to(train_labels.device)] for b in batches])])
                 masks = torch.cat([masks, masks.new_ones(len(new), index.total)])  # every unit on at first
+                row_ids = torch.cat([row_ids, torch.stack([b.repeat_interleave(draws) for b in batches]).to(row_ids.device)])
                 ids += new
                 units += [[] for _ in new]
 
             # (1) The flip test: each target's own input (its first `draws` rows) under its masks.
-            preds = _predict_targets(model, hooks, masks, inputs, draws, chunk_rows).tolist()
+            preds = _predict_targets(model, hooks, masks, inputs, draws, chunk_rows, row_ids).tolist()
             done = [p != int(train_labels[e]) or len(u) >= cap for p, e, u in zip(preds, ids, units)]
             if any(done):
                 for p, e, u, d in zip(preds, ids, units, done):
@@ -244,7 +265,7 @@ def flip_examples(
                 keep = [k for k, d in enumerate(done) if not d]
                 ids, units = [ids[k] for k in keep], [units[k] for k in keep]
                 keep = torch.tensor(keep, dtype=torch.long, device=masks.device)
-                inputs, labels, masks = inputs[keep], labels[keep], masks[keep]
+                inputs, labels, masks, row_ids = inputs[keep], labels[keep], masks[keep], row_ids[keep]
                 continue  # refill the active set, then test again
 
             # (2) Scores dJ/dm of every active target, chunk by chunk (J is a sum over targets'
@@ -252,7 +273,7 @@ def flip_examples(
             leaf = masks.detach().requires_grad_(True)  # (T, U)
             for part in _chunks(len(ids), rows, chunk_rows):
                 hooks.set(leaf[part])
-                logits = model(inputs[part].flatten(0, 1))  # (t * |B| * draws, K)
+                logits = forward_as_trained(model, inputs[part].flatten(0, 1), row_ids[part].flatten())  # (t * |B| * draws, K)
                 logits = logits.view(-1, batch, draws, logits.shape[-1])  # (t, |B|, draws, K)
                 logits = logits.mean(2) if draws > 1 else logits.squeeze(2)  # (t, |B|, K)
                 objective(logits, labels[part]).sum().backward()
@@ -292,7 +313,7 @@ def masked_predictions(model: nn.Module, masks: torch.Tensor, x: torch.Tensor, c
 def random_units(index: UnitIndex, units: Sequence[int], example_id: int, seed: int) -> tuple[int, ...]:
     """The random control of a flip set: as many units per layer as `units` has there, drawn
     uniformly without replacement within each layer (seeded with (seed, example id))."""
-    g = _generator(seed, example_id, _RANDOM_UNITS_STREAM)
+    g = seeded_generator(seed, example_id, _RANDOM_UNITS_STREAM)
     counts = np.bincount([index.locate(u)[0] for u in units], minlength=len(index.layers))
     drawn: list[int] = []
     for pos, count in enumerate(counts):
@@ -318,7 +339,7 @@ def eval_set(
     train_size: int, test_size: int, seed: int,
 ) -> EvalSet:
     """A seeded uniform subset of `train_size` training and `test_size` test examples (0 = all)."""
-    g = _generator(seed, 0, _EVAL_STREAM)
+    g = seeded_generator(seed, 0, _EVAL_STREAM)
 
     def pick(n: int, size: int) -> torch.Tensor:
         if size == 0 or size >= n:
@@ -354,7 +375,7 @@ def select_targets(
     """Seeded choice of targets: `n_noisy` memorized noisy examples (predicted with their noisy
     label) and `n_clean` clean examples predicted correctly (-1 = all of them; fewer if fewer
     exist), noisy first, each kind in increasing id order."""
-    g = _generator(seed, 0, _TARGETS_STREAM)
+    g = seeded_generator(seed, 0, _TARGETS_STREAM)
     fits = (predictions == train_labels).cpu()
     noisy = is_noisy.cpu()
     chosen: list[int] = []

@@ -41,6 +41,7 @@ from models import in_group
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
+etd = lazy("models.example_tied_dropout")
 
 _UNIT = re.compile(r"^(?P<layer>[A-Za-z_][\w.]*)\[(?P<index>\d+)\]$")
 
@@ -60,7 +61,11 @@ def parse_unit(unit: str) -> tuple[str, int]:
 
 
 def unit_count(module: nn.Module) -> int:
-    """Number of units of a unit layer: output channels of a conv, output neurons of a linear."""
+    """Number of units of a unit layer: output channels of a conv, output neurons of a linear,
+    the channels of an example-tied dropout layer (the units of its ground truth,
+    `memloc.localization`)."""
+    if isinstance(module, etd.ExampleTiedDropout):
+        return module.channels
     if isinstance(module, nn.Conv2d):
         return module.out_channels
     if isinstance(module, nn.Linear):
@@ -69,17 +74,19 @@ def unit_count(module: nn.Module) -> int:
 
 
 def unit_axis(module: nn.Module) -> int:
-    """The activation axis that indexes units: channels (1) for a conv, the last for a linear."""
-    return 1 if isinstance(module, nn.Conv2d) else -1
+    """The activation axis that indexes units: channels (1) for a conv and an example-tied
+    dropout layer, the last for a linear."""
+    return 1 if isinstance(module, (nn.Conv2d, etd.ExampleTiedDropout)) else -1
 
 
 class UnitIndex:
-    """The fixed global order of a model's units: layer by layer (`model.unit_layers` order),
-    each layer's units by index. Global index `g` <-> address `layer_path[index]`."""
+    """The fixed global order of a model's units: layer by layer (`model.unit_layers` order,
+    or the given `layers`, e.g. a dropout model's dropout layers), each layer's units by index.
+    Global index `g` <-> address `layer_path[index]`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None):
         modules = dict(model.named_modules())
-        self.layers: tuple[str, ...] = tuple(model.unit_layers)
+        self.layers: tuple[str, ...] = tuple(model.unit_layers if layers is None else layers)
         self.modules = tuple(modules[layer] for layer in self.layers)
         self.sizes = tuple(unit_count(m) for m in self.modules)
         self.offsets = tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
@@ -239,10 +246,11 @@ class UnitMasks:
 
 
 @contextlib.contextmanager
-def unit_masks(model: nn.Module, masks: torch.Tensor | None = None) -> Iterator[UnitMasks]:
-    """`UnitMasks` hooks on every unit layer of `model` for the block (masks (T, U), or set
-    later with `.set`); the hooks are removed afterwards, also when the block raises."""
-    hooks = UnitMasks(UnitIndex(model), masks)
+def unit_masks(model: nn.Module, masks: torch.Tensor | None = None, layers: Sequence[str] | None = None) -> Iterator[UnitMasks]:
+    """`UnitMasks` hooks on every unit layer of `model` (or on `layers`, as `UnitIndex`) for the
+    block (masks (T, U), or set later with `.set`); the hooks are removed afterwards, also when
+    the block raises."""
+    hooks = UnitMasks(UnitIndex(model, layers), masks)
     handles = []
     try:
         for pos, module in enumerate(hooks.index.modules):

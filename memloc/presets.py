@@ -24,6 +24,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 3, "batch_size": 128, "peak_epoch": 1.0},
         "flip": {"n_noisy": 4, "n_clean": 4, "batch_size": 32, "cap": 20, "eval_train": 100, "eval_test": 100, "save_every": 4},
         "retrain": {"max_epochs": 3, "peak_epoch": 1.0},
+        "localize": {"n_targets": 4, "save_every": 2, "slimming_steps": 20, "hard_concrete_steps": 20, "inject_steps": 50,
+                     "inject_lr": 0.1, "unitmem_others": 64, "eval_train": 100, "eval_test": 100},
     },
     # The paper's architecture at 1/4 width on digits: with nine layer groups it can show that
     # most groups are redundant for memorization and the critical ones are not the last, which

@@ -329,6 +329,12 @@ def dropout_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
             layer.mode = previous
 
 
+def dropout_units(model: nn.Module) -> tuple[str, ...]:
+    """The module paths of a model's example-tied dropout layers, as unit layers: each channel a
+    unit (`memloc.interventions.UnitIndex(model, dropout_units(model))`)."""
+    return tuple(name for name, m in model.named_modules() if isinstance(m, ExampleTiedDropout))
+
+
 def make_layers(options: DropoutOptions | None, places: tuple[str, ...], channels: dict[str, int]) -> nn.ModuleDict:
     """One `ExampleTiedDropout` per chosen place, keyed by place. A layer is numbered by its
     place among all of the model's `places`, so choosing fewer places keeps the others' masks."""

@@ -28,6 +28,7 @@ from memloc.store import Problem, Run, RunError
 from precompute.dropout import dropout_stage
 from precompute.example_gradients import example_gradients_stage
 from precompute.flip import flip_stage
+from precompute.localize import localize_stage
 from precompute.retrain import retrain_stage
 from precompute.rewind import rewind_stage
 from precompute.stage import StageContext
@@ -40,6 +41,7 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "retrain": retrain_stage,
     "flip": flip_stage,
     "dropout": dropout_stage,
+    "localize": localize_stage,
 }
 
 
@@ -63,6 +65,8 @@ def _heal(run: Run, problems: list[Problem], log: Callable[[str], None]) -> list
               else TABLE_STAGE.get(p.name) if p.kind == "table" else None for p in problems}
     if "train" in owners:  # every other stage reads the plain model's checkpoints
         owners |= {name for name in STAGE_ORDER if run.stage(name)}
+    if "dropout" in owners and run.stage("localize"):  # its dropout benchmark reads the dropout model
+        owners.add("localize")
     again = [name for name in STAGE_ORDER if name in owners]
     for problem in problems:
         log(f"{problem.rel}: {problem.what}")

@@ -48,12 +48,12 @@ def smoke_copy(smoke_run, tmp_path) -> Run:
 
 
 def _digests(run: Run, tables: tuple[str, ...] | None = None, variants: tuple[str, ...] = ("plain", "dropout")) -> dict[str, str]:
-    """The sha256 of each table (all of the run's by default; `training` without its wall-clock
-    `seconds`) and of each checkpoint's tensors: equal digests mean bitwise equal results."""
+    """The sha256 of each table (all of the run's by default; `training` and `localizers` without
+    their wall-clock `seconds`) and of each checkpoint's tensors: equal digests mean bitwise equal results."""
     out = {}
     for name in run.tables() if tables is None else tables:
         table = run.read_table(name)
-        if name == "training":
+        if name in ("training", "localizers"):
             table = table.drop(columns="seconds")
         out[name] = hashlib.sha256(table.to_parquet(index=False)).hexdigest()
     for variant in variants:

@@ -3,7 +3,8 @@
 Each stage of the `smoke` run is interrupted (a KeyboardInterrupt, as Ctrl-C) right after it
 saved a piece of its progress, or in the middle of a save (its new files written, the manifest
 not yet switched to them); the same command then resumes it. Every table and checkpoint of the
-resumed run has the sha256 of the uninterrupted run's (`training` without its `seconds`).
+resumed run has the sha256 of the uninterrupted run's (`training` and `localizers` without
+their `seconds`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from memloc.store import Run
 from precompute.stages import execute
 
 #: The save after which each stage is interrupted (each has more saves after it in `smoke`).
-INTERRUPT_AFTER = {"train": 2, "example_gradients": 1, "rewind": 1, "retrain": 2, "flip": 1, "dropout": 2}
+INTERRUPT_AFTER = {"train": 2, "example_gradients": 1, "rewind": 1, "retrain": 2, "flip": 1, "dropout": 2, "localize": 2}
 
 
 @pytest.mark.parametrize("when", ["after a save", "during a save"])
