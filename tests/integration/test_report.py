@@ -68,9 +68,10 @@ def test_report_says_what_is_not_measured_and_the_command_that_measures_it(smoke
     run = tmp_path / "runs" / "smoke"
     shutil.copytree(smoke_run.path, run)
     manifest = json.loads((run / "manifest.json").read_text())
-    manifest["stages"].pop("dropout")  # as if the run had been made without the dropout stage
-    manifest["config"]["stages"] = [s for s in manifest["config"]["stages"] if s != "dropout"]
-    for name in [f for f in manifest["files"] if "dropout" in f]:
+    for stage in ("dropout", "localize"):  # as if the run had been made without the dropout stage (and so
+        manifest["stages"].pop(stage)     # without stage localize, whose first ground truth is the dropout model)
+    manifest["config"]["stages"] = [s for s in manifest["config"]["stages"] if s not in ("dropout", "localize")]
+    for name in [f for f in manifest["files"] if "dropout" in f or "localizer" in f]:
         del manifest["files"][name]
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert main(["report", str(run)]) == 0
