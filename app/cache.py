@@ -28,9 +28,10 @@ from torch import nn
 from app.url import decode_interventions, encode_interventions
 from memloc import scorecard
 from memloc.attribution import attribute, layers_for, methods_for
-from memloc.config import TABLE_STAGE
+from memloc.config import STAGES, TABLE_STAGE
 from memloc.data import DataError
-from memloc.interventions import Intervention, ZeroUnits, intervene, unit_count
+from memloc.flipping import flip_examples
+from memloc.interventions import Intervention, UnitIndex, ZeroUnits, intervene, unit_count
 from memloc.live import live_evaluation
 from memloc.overrides import command_for
 from memloc.runs import OpenRun, open_run
@@ -159,6 +160,24 @@ def run_problems(run: Run) -> list[Problem]:
     return _problems(str(run.path), _stamp(run))
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _health(path: str, stamp: tuple[int, ...]) -> str:
+    run = Run(path)
+    if run.verify(checksums=False):
+        return "damaged"
+    stages = run.manifest()["stages"]
+    missing = [s for s in STAGES if stages.get(s, {}).get("status") != "complete"]
+    return f"lacks {', '.join(missing)}" if missing else "complete"
+
+
+def run_health(run: Run | None) -> str:
+    """A run's health in a word or two, for the run picker: `complete` (every stage of
+    `precompute run`), `lacks flip, dropout` (the stages it has not completed: their pages say
+    how to add them) or `damaged` (a file missing or of another size, or an unreadable
+    manifest); cached until the run changes."""
+    return "damaged" if run is None else _health(str(run.path), _stamp(run))
+
+
 def damage_note(run: Run) -> str | None:
     """A line for the audience and the speaker when the run is damaged (None when it is not)."""
     problems = run_problems(run)
@@ -228,6 +247,18 @@ def require_tables(run: Run, info: dict, *names: str) -> dict[str, pd.DataFrame]
         return None
     try:
         return {n: table(run, n) for n in names}
+    except RunError as error:
+        show_run_error(run, error)
+        return None
+
+
+def optional_table(run: Run, info: dict, name: str) -> pd.DataFrame | None:
+    """A table a page can do without: None, silently, when the run lacks it; when it is damaged,
+    the run's error card and None (the page goes on without it)."""
+    if not has_table(info, name):
+        return None
+    try:
+        return table(run, name)
     except RunError as error:
         show_run_error(run, error)
         return None
@@ -322,7 +353,24 @@ def live(run: Run, items: list[Intervention], example_ids: list[int], choice: st
     (N, K), computed with `memloc.live.live_evaluation` and cached by the intervention values."""
     ids = tuple(int(i) for i in example_ids)
     metrics, probs = _live(str(run.path), _stamp(run), encode_interventions(items), ids, choice)
-    return metrics, np.asarray(probs, dtype=float).reshape(len(ids), -1)
+    return metrics, np.asarray(probs, dtype=float).reshape(len(ids), -1 if ids else 0)  # no ids: (0, 0)
+
+
+@st.cache_data(show_spinner="Flipping the example on the run's model ...", max_entries=256)
+def _flip_set(path: str, stamp: tuple[int, ...], example: int) -> tuple[list[str], bool, int]:
+    run = Run(path)
+    data = opened(run)
+    with model_in_use(run) as model:
+        result = flip_examples(model, data.data.train_x, data.labels.train_labels, [example], data.config.flip)[0]
+        return UnitIndex(model).names(result.units), result.flipped, result.new_prediction
+
+
+def flip_set(run: Run, example: int) -> tuple[list[str], bool, int]:
+    """Greedy flipping (`memloc.flipping.flip_examples`) of one training example on the run's
+    final plain model, with the run's `flip` settings, computed now for an example the flip stage
+    did not flip and cached: its flip set (`layer[index]`, in the order zeroed), whether its
+    prediction left its training label within the cap, and the prediction then."""
+    return _flip_set(str(run.path), _stamp(run), int(example))
 
 
 def method_names(run: Run, choice: str = "plain") -> list[str]:
@@ -366,7 +414,7 @@ def attributions(run: Run, choice: str, example: int, method: str, layer: str | 
 __all__ = [
     "MODEL_CHOICES", "TABLE_STAGE", "selected_runs_root", "create_run_command", "run_names", "run_in_root",
     "run_problems", "damage_note", "sweep_names", "sweep_in_root", "sweep_record", "sweep_summary", "run_numbers",
-    "current_run", "show_run_error", "manifest", "page_run", "table", "has_table", "require_tables", "run_labels",
-    "opened", "model_in_use", "layout", "model_choices", "chosen_model", "live", "method_names", "layer_names",
+    "current_run", "show_run_error", "manifest", "page_run", "table", "has_table", "require_tables", "optional_table",
+    "run_labels", "opened", "model_in_use", "layout", "model_choices", "chosen_model", "live", "flip_set", "method_names", "layer_names",
     "attributions", "RunError",
 ]

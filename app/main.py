@@ -20,8 +20,10 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
-from app.cache import create_run_command, damage_note, run_in_root, run_names, run_problems, selected_runs_root  # noqa: E402
+from app.cache import (create_run_command, damage_note, run_health, run_in_root, run_names, run_problems,  # noqa: E402
+                       selected_runs_root)
 from app.url import url_notice  # noqa: E402
+from app.selection import carry as carry_selection  # noqa: E402
 from memloc.store import RunError, list_sweeps  # noqa: E402
 
 st.set_page_config(page_title="memloc", layout="wide")
@@ -41,7 +43,9 @@ if st.session_state.get("run_name") not in names:  # first visit: take the run f
     st.session_state["run_name"] = wanted if wanted in names else (healthy or names)[0]
     if wanted is not None and wanted not in names:
         url_notice(f"`run={wanted}` is not a run under `{root}`; showing {st.session_state['run_name']}.")
-name = st.sidebar.selectbox("Run", names, key="run_name", help=f"run directories under {root}; a sweep's points as sweep/point")
+name = st.sidebar.selectbox("Run", names, key="run_name", format_func=lambda n: f"{n} · {run_health(run_in_root(root, n))}",
+                            help=f"run directories under {root}; a sweep's points as sweep/point. Each with its health: "
+                                 "complete, the stages it lacks, or damaged")
 st.query_params["run"] = name
 note = damage_note(run_in_root(root, name))
 if note:
@@ -57,11 +61,13 @@ for target in list_sweeps(root):  # each sweep with how far its points are
 
 pages = [
     st.Page("views/findings.py", title="Findings", url_path="findings", default=True),
+    st.Page("views/story.py", title="Story", url_path="story"),
     st.Page("views/overview.py", title="Overview", url_path="overview"),
     st.Page("views/gradients.py", title="Gradient accounting", url_path="gradients"),
     st.Page("views/rewinding.py", title="Layer rewinding", url_path="rewinding"),
     st.Page("views/retraining.py", title="Retraining", url_path="retraining"),
     st.Page("views/neurons.py", title="Neurons", url_path="neurons"),
+    st.Page("views/localizers.py", title="Localizers", url_path="localizers"),
     st.Page("views/examples.py", title="Examples", url_path="examples"),
     st.Page("views/example.py", title="One example", url_path="example"),
     st.Page("views/dropout.py", title="Example-tied dropout", url_path="dropout"),
@@ -75,4 +81,5 @@ if not st.session_state.get("page_from_url"):
     if linked is not None and linked.url_path != page.url_path:
         st.switch_page(linked, query_params={k: v for k, v in st.query_params.items() if k != "page"})
 st.query_params["page"] = page.url_path or "findings"
+carry_selection(run_in_root(root, name))  # the examples picked, across pages and in the link (`?sel=`)
 page.run()

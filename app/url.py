@@ -2,7 +2,8 @@
 
 `?run=demo&page=neurons&example=17&intervention=zero:fc1[3],fc2[7]&model=drop`: the run and the
 page (app/main.py), the example, the intervention in a short readable form
-(`rewind:fc1@0+rewind:out@0`, `zero:fc1[3],fc2[7]`) and the model (`app.cache.MODEL_CHOICES`).
+(`rewind:fc1@0+rewind:out@0`, `zero:fc1[3],fc2[7]`) and the model (`app.cache.MODEL_CHOICES`);
+`&sel=3,17,42` is the selection of examples (app/selection.py).
 """
 
 from __future__ import annotations

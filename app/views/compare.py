@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.cache import (RunError, run_in_root, run_names, run_numbers, selected_runs_root, sweep_in_root, sweep_names,
                        sweep_record, sweep_summary, table)
-from app.charts import epoch_x, legend_pick, show_chart
+from app.charts import SERIES, epoch_x, legend_pick, show_chart
 from app.url import url_choice
 from memloc.evaluate import POPULATIONS, accuracy_column
 from memloc.grid import point_name, seed_axes, short_names
@@ -117,7 +117,7 @@ def numbers_panel():
     x_enc = alt.X("x:Q" if numeric else "x:N", title=_axis_title(x) if x != "point" else "setting",
                   scale=alt.Scale(zero=False) if numeric else alt.Undefined, axis=alt.Axis(labelAngle=0, labelLimit=0))
     pick = legend_pick("group")
-    colour = alt.Color("group:N", title=_axis_title(color) if color != "none" else None, scale=alt.Scale(scheme="tableau10"),
+    colour = alt.Color("group:N", title=_axis_title(color) if color != "none" else None, scale=alt.Scale(range=SERIES),
                        legend=alt.Legend(orient="bottom", labelLimit=0) if color != "none" else None)
     tip = ["point:N", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("std:Q", format=".3g"), "n:Q"]
     base = alt.Chart(means).encode(x=x_enc, color=colour, opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)))
@@ -159,16 +159,16 @@ def curves_panel():
             .agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else 0.0, n="count"))
     band["low"], band["high"] = band["mean"] - band["std"], band["mean"] + band["std"]
     pick = legend_pick("setting")
-    colour = alt.Color("setting:N", title=None, scale=alt.Scale(scheme="tableau10"),
+    colour = alt.Color("setting:N", title=None, scale=alt.Scale(range=SERIES),
                        legend=alt.Legend(orient="bottom", labelLimit=0))
     opacity = alt.condition(pick, alt.value(1.0), alt.value(0.1))
     area = alt.Chart(band).mark_area(opacity=0.25).encode(x=epoch_x(),
                                                           y="low:Q", y2="high:Q", color=colour)
     line = alt.Chart(band).mark_line(strokeWidth=3).encode(
-        x=epoch_x(), y=alt.Y("mean:Q", title=f"accuracy: {POPULATIONS[population]}", scale=alt.Scale(domain=[0, 1])),
+        x=epoch_x(), y=alt.Y("mean:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
         color=colour, opacity=opacity,
         tooltip=["setting:N", "epoch:Q", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("std:Q", format=".3f"), "n:Q"])
-    chart = (area + line).add_params(pick).properties(height=320)
+    chart = (area + line).add_params(pick).properties(title=f"Accuracy: {POPULATIONS[population]}")
     show_chart(chart, band, f"compare_curves_{population}", source_name)
     st.caption("Each line is the mean over the seeds of one setting after every epoch; the band is ± 1 standard "
                "deviation. Click a legend entry to highlight one setting.")

@@ -1,13 +1,11 @@
 """Example-tied dropout: memorization put into chosen units, and switched off."""
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app.cache import opened, page_run, require_tables, run_labels
-from app.charts import bar_labels, class_name, image_of, legend_pick, populations_long, show_chart
-from memloc.evaluate import POPULATIONS
+from app.charts import class_name, dropout_modes, image_of, show_chart
 
 PAGE_SIZE = 12
 
@@ -29,28 +27,7 @@ labels = run_labels(run)
 data = opened(run)
 classes = data.data.classes
 
-long = populations_long(summary, ["mode"])
-# The rows of the `dropout` table: the dropout model in each mode, and the plain model.
-MODES = {"plain": "plain model", "train": "dropout: train mode (own masks)", "test": "dropout: test mode",
-         "drop": "dropout: drop mode"}
-long["mode"] = long["mode"].map(MODES)
-pick = legend_pick("mode")
-base = alt.Chart(long, title="Accuracy of the plain model and of the dropout model in each mode").encode(
-    x=alt.X("population:N", title=None, sort=list(POPULATIONS.values()), axis=alt.Axis(labelAngle=0, labelLimit=0)),
-    xOffset=alt.XOffset("mode:N", sort=list(MODES.values())),
-    tooltip=["mode:N", "population:N", alt.Tooltip("accuracy:Q", format=".3f")],
-)
-bars = (
-    base.mark_bar()
-    .encode(y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1.08])),
-            color=alt.Color("mode:N", title=None, sort=list(MODES.values()),
-                            legend=alt.Legend(orient="bottom", labelLimit=0)),
-            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)))
-    .add_params(pick)
-)
-# Drop mode's 0% memorized and train mode's test accuracy (n/a: test examples own no masks)
-# would otherwise both be empty space.
-show_chart(alt.layer(bars, bar_labels(base, "accuracy")).properties(height=380), summary, "dropout", run)
+show_chart(dropout_modes(summary), summary, "dropout", run)
 
 st.subheader("Which memorized examples survive dropping?")
 wide = per_example.pivot(index="example_id", columns="mode", values="correct")

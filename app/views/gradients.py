@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import page_run, require_tables, run_labels
-from app.charts import epoch_x, heatmap, legend_pick, show_chart
+from app.charts import LABELS, colour, epoch_x, fitted, group_colours, heatmap, legend_pick, show_chart
 from memloc.gradients import noisy_share
 
 run, info = page_run()
@@ -26,42 +26,42 @@ order = grads.sort_values("group_index")["group"].drop_duplicates().tolist()
 
 @st.fragment
 def norms_panel():
-    groups = st.multiselect("Layer groups", order, default=order[: min(4, len(order))], key="grad_groups",
+    groups = st.multiselect("Layer groups", order, default=order[:3], key="grad_groups",
                             help="the layer groups of the model, input to output")
     shown = grads[grads["group"].isin(groups)]
     long = shown.melt(id_vars=["epoch", "group", "group_index"], value_vars=["clean_norm", "noisy_norm"],
                       var_name="part", value_name="norm")
-    long["part"] = long["part"].map({"clean_norm": "clean examples", "noisy_norm": "noisy examples"})
+    parts = ["clean examples", "noisy examples"]
+    long["part"] = long["part"].map(dict(zip(["clean_norm", "noisy_norm"], parts)))
     pick = legend_pick("part")
     lines = (
         alt.Chart(long)
-        .mark_line()
+        .mark_line(strokeWidth=2.5)
         .encode(
             x=epoch_x(),
-            y=alt.Y("norm:Q", title="gradient norm (summed over the epoch)"),
-            color=alt.Color("part:N", title=None, legend=alt.Legend(orient="bottom")),
+            y=alt.Y("norm:Q", title="gradient norm"),
+            color=colour("part", parts),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
-            tooltip=["group:N", "epoch:Q", "part:N", alt.Tooltip("norm:Q", format=".4g")],
+            tooltip=[alt.Tooltip("group:N", title="layer group"), "epoch:Q", "part:N", alt.Tooltip("norm:Q", format=".4g")],
         )
-        .properties(width=220, height=160)
+        .properties(width=250, height=200)  # three facets a row fill a 1600-pixel screen
         .add_params(pick)
-        .facet(facet=alt.Facet("group:N", sort=order, title=None), columns=4)
+        .facet(facet=alt.Facet("group:N", sort=order, title=None), columns=3)
         .resolve_scale(y="independent")
-        .properties(title="Clean vs noisy gradient norm per layer group")
+        .properties(title="Clean vs noisy gradient norm per layer group (summed over each epoch)")
     )
     show_chart(lines, long, "gradient_norms", run)
 
 
 norms_panel()
 
-left, right = st.columns(2)
-with left:
-    show_chart(heatmap(grads, "epoch", "group", "cosine", "Cosine(clean, noisy gradient)", domain=(-1, 1),
-                       scheme="redblue", y_sort=order), grads[["epoch", "group", "cosine"]], "gradient_cosine", run)
-with right:
-    show_chart(heatmap(grads, "epoch", "group", "noisy_share", "Noisy share of the gradient norm", legend="noisy share",
-                       y_sort=order), grads[["epoch", "group", "clean_norm", "noisy_norm", "noisy_share"]],
-               "noisy_share", run)
+# Each heatmap full width; the colours span what the run reached (the cosine symmetric about 0).
+show_chart(heatmap(grads, "epoch", "group", "cosine", "Cosine between the clean and the noisy gradient",
+                   domain=fitted(grads["cosine"], centre=0.0), scheme="redblue", y_sort=order, legend="cosine"),
+           grads[["epoch", "group", "cosine"]], "gradient_cosine", run)
+show_chart(heatmap(grads, "epoch", "group", "noisy_share", "Noisy examples' share of the gradient norm",
+                   legend="noisy share", y_sort=order),
+           grads[["epoch", "group", "clean_norm", "noisy_norm", "noisy_share"]], "noisy_share", run)
 st.caption("Cosine below 0 (red): the noisy examples pull the weights against the clean ones. "
            "A noisy share of 0.5 means noisy and clean examples move the group equally.")
 
@@ -89,11 +89,12 @@ def example_panel():
         .mark_bar()
         .encode(
             x=alt.X("group:N", sort=order, title="layer group"),
-            xOffset="kind:N",
+            xOffset=alt.XOffset("kind:N", sort=["clean", "noisy"]),
             y=alt.Y("mean:Q", title="mean gradient norm"),
-            color=alt.Color("kind:N", title=None),
+            color=colour("kind", ["clean", "noisy"]),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
-            tooltip=["group:N", "kind:N", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("median:Q", format=".4g"), "examples:Q"],
+            tooltip=[alt.Tooltip("group:N", title="layer group"), "kind:N", alt.Tooltip("mean:Q", format=".4g"),
+                     alt.Tooltip("median:Q", format=".4g"), "examples:Q"],
         )
         .add_params(pick)
     )
@@ -103,9 +104,12 @@ def example_panel():
     one = ex[ex["example_id"] == chosen]
     one_chart = (
         alt.Chart(one, title=f"Example {chosen} ({'noisy' if is_noisy[chosen] else 'clean'})")
-        .mark_line(point=True)
-        .encode(x=epoch_x(), y=alt.Y("grad_norm:Q", title="gradient norm"), color=alt.Color("group:N", sort=order),
-                tooltip=["group:N", "epoch:Q", alt.Tooltip("grad_norm:Q", format=".4g")])
+        .mark_line(point=True, strokeWidth=2.5)
+        .encode(x=epoch_x(), y=alt.Y("grad_norm:Q", title=LABELS["grad_norm"]),
+                color=alt.Color("group:N", sort=order, title="layer group", scale=group_colours(order),
+                                legend=alt.Legend(orient="bottom", labelLimit=0)),
+                tooltip=[alt.Tooltip("group:N", title="layer group"), "epoch:Q",
+                         alt.Tooltip("grad_norm:Q", title=LABELS["grad_norm"], format=".4g")])
     )
     show_chart(one_chart, one, f"example_{chosen}_gradients", run)
     st.page_link("views/example.py", label=f"Open example {chosen}", query_params={"example": str(chosen)})

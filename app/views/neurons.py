@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import layout, live, opened, page_run, require_tables, run_labels
-from app.charts import accuracy_metrics, bar_labels, class_name, image_of, legend_pick, show_chart
+from app.charts import (EDITED, UNEDITED, accuracy_metrics, bar_labels, class_name, colour, human, image_of, legend_pick,
+                        show_chart)
 from app.url import decode_interventions, encode_interventions, url_int, url_notice
 from memloc.interventions import ZeroUnits, unit_name
 
@@ -31,41 +32,54 @@ classes = data.data.classes
 
 # --- distribution -------------------------------------------------------------------
 flipped = flips[flips["flipped"]]
-left, right = st.columns(2)
-with left:
-    pick = legend_pick("kind")
-    hist = (
-        alt.Chart(flipped, title="Units zeroed until the prediction flips")
-        .mark_bar(opacity=0.75)
-        .encode(
-            x=alt.X("n_units:Q", bin=alt.Bin(maxbins=30, minstep=1), title="units zeroed", axis=alt.Axis(format="d")),
-            y=alt.Y("count():Q", stack=None, title="examples"),
-            color=alt.Color("kind:N", title=None),
-            opacity=alt.condition(pick, alt.value(0.8), alt.value(0.1)),
-            tooltip=["kind:N", alt.Tooltip("count():Q", title="examples"), alt.Tooltip("n_units:Q", bin=True)],
-        )
-        .add_params(pick)
+# Side by side, not overlaid: examples per flip-set size, in bins of `width` units when sizes spread wide.
+largest = int(flipped["n_units"].max()) if len(flipped) else 1
+width = -(-largest // 30)  # at most 30 bins
+
+
+def _size(first: int) -> str:
+    return str(first) if width == 1 else f"{first}-{first + width - 1}"
+
+
+sizes = [_size(first) for first in range(1, largest + 1, width)]
+counts = (flipped.assign(size=[_size(first) for first in (flipped["n_units"] - 1) // width * width + 1])
+          .groupby(["size", "kind"]).size()
+          .reindex(pd.MultiIndex.from_product([sizes, ["clean", "noisy"]], names=["size", "kind"]), fill_value=0)
+          .reset_index(name="examples"))
+pick = legend_pick("kind")
+hist = (
+    alt.Chart(counts, title="Units zeroed until the prediction flips")
+    .mark_bar()
+    .encode(
+        x=alt.X("size:N", sort=sizes, title="units zeroed"), xOffset=alt.XOffset("kind:N", sort=["clean", "noisy"]),
+        y=alt.Y("examples:Q", title="examples"),
+        color=colour("kind", ["clean", "noisy"]),
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
+        tooltip=["kind:N", alt.Tooltip("size:N", title="units zeroed"), "examples:Q"],
     )
-    show_chart(hist, flipped[["example_id", "kind", "n_units"]], "units_to_flip", run)
-with right:
-    rates = pd.concat([
-        flips.groupby("kind", as_index=False)["flipped"].mean().assign(units="greedy (flip set)"),
-        flips.groupby("kind", as_index=False)["random_flipped"].mean().rename(columns={"random_flipped": "flipped"})
-        .assign(units="random (same number)"),
-    ])
-    pick2 = legend_pick("units")
-    base = alt.Chart(rates, title="Share of examples whose prediction flips").encode(
-        x=alt.X("kind:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="units:N",
-        tooltip=["kind:N", "units:N", alt.Tooltip("flipped:Q", format=".1%")])
-    bars = (
-        base.mark_bar()
-        .encode(y=alt.Y("flipped:Q", title="share flipped", scale=alt.Scale(domain=[0, 1.08])),
-                color=alt.Color("units:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=0)),
-                opacity=alt.condition(pick2, alt.value(1.0), alt.value(0.2)))
-        .add_params(pick2)
-    )
-    # The random control's share is often 0%: written, not an empty space.
-    show_chart(alt.layer(bars, bar_labels(base, "flipped")), rates, "flip_rates", run)
+    .add_params(pick)
+)
+show_chart(hist, flipped[["example_id", "kind", "n_units"]], "units_to_flip", run)
+rates = pd.concat([
+    flips.groupby("kind", as_index=False)["flipped"].mean().assign(units="greedy (flip set)"),
+    flips.groupby("kind", as_index=False)["random_flipped"].mean().rename(columns={"random_flipped": "flipped"})
+    .assign(units="random (same number)"),
+])
+pick2 = legend_pick("units")
+controls = ["greedy (flip set)", "random (same number)"]
+base = alt.Chart(rates, title="Share of examples whose prediction flips").encode(
+    x=alt.X("kind:N", title=None, sort=["clean", "noisy"]), xOffset=alt.XOffset("units:N", sort=controls),
+    tooltip=["kind:N", "units:N", alt.Tooltip("flipped:Q", format=".1%")])
+bars = (
+    base.mark_bar()
+    .encode(y=alt.Y("flipped:Q", title="share flipped", scale=alt.Scale(domain=[0, 1.08]),
+                    axis=alt.Axis(format="%", values=[0, 0.25, 0.5, 0.75, 1])),
+            color=colour("units", controls),
+            opacity=alt.condition(pick2, alt.value(1.0), alt.value(0.2)))
+    .add_params(pick2)
+)
+# The random control's share is often 0%: written, not an empty space.
+show_chart(alt.layer(bars, bar_labels(base, "flipped")), rates, "flip_rates", run)
 cost = flips.groupby("kind")[["acc_clean_after", "acc_test_after", "random_acc_clean_after", "random_acc_test_after"]].mean()
 st.caption(
     "Cost of the edit (mean over examples): " + "; ".join(
@@ -77,14 +91,16 @@ st.caption(
 st.subheader("Where the units are")
 by_layer = units_table.groupby(["layer", "layer_index"], as_index=False)[["n_noisy", "n_clean"]].sum()
 long = by_layer.melt(id_vars=["layer", "layer_index"], value_vars=["n_noisy", "n_clean"], var_name="kind", value_name="uses")
-long["kind"] = long["kind"].map({"n_noisy": "noisy examples", "n_clean": "clean examples"})
+kinds = ["clean examples", "noisy examples"]
+long["kind"] = long["kind"].map({"n_clean": kinds[0], "n_noisy": kinds[1]})
 pick3 = legend_pick("kind")
 layer_order = by_layer.sort_values("layer_index")["layer"].tolist()
 layer_chart = (
     alt.Chart(long, title="Flip-set memberships per layer (input to output)")
     .mark_bar()
-    .encode(x=alt.X("layer:N", sort=layer_order, axis=alt.Axis(labelAngle=0)), xOffset="kind:N", y=alt.Y("uses:Q", title="units x examples"),
-            color=alt.Color("kind:N", title=None), opacity=alt.condition(pick3, alt.value(1.0), alt.value(0.2)),
+    .encode(x=alt.X("layer:N", sort=layer_order), xOffset=alt.XOffset("kind:N", sort=kinds),
+            y=alt.Y("uses:Q", title="units x examples"),
+            color=colour("kind", kinds), opacity=alt.condition(pick3, alt.value(1.0), alt.value(0.2)),
             tooltip=["layer:N", "kind:N", "uses:Q"])
     .add_params(pick3)
 )
@@ -100,7 +116,7 @@ def unit_panel():
     users = flips[flips["units"].map(lambda us: unit in us)]
     shown = users[["example_id", "kind", "n_units", "new_prediction"]].assign(
         training_label=[class_name(classes, labels["train_label"][i]) for i in users["example_id"]])
-    st.dataframe(shown, hide_index=True, height=min(400, 36 * (len(shown) + 1)))
+    st.dataframe(human(shown), hide_index=True, height=min(400, 36 * (len(shown) + 1)))
 
 
 unit_panel()
@@ -159,7 +175,7 @@ def live_panel():
         .mark_bar()
         .encode(x=alt.X("class:N", sort=None), xOffset=alt.XOffset("model:N", sort=states),
                 y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-                color=alt.Color("model:N", title=None, sort=states, legend=alt.Legend(orient="bottom")),
+                color=colour("model", states, [UNEDITED, EDITED]),
                 opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
                 tooltip=["class:N", "model:N", "label:N", alt.Tooltip("probability:Q", format=".3f")])
         .add_params(pick)

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import RunError, current_run, manifest, run_labels, show_run_error, table
-from app.charts import epoch_x, legend_pick, populations_long, show_chart
+from app.charts import COLOURS, show_chart, training_curves
 from memloc.config import STAGES
 from memloc.train import memorized_from
 
@@ -45,21 +45,7 @@ except RunError as error:
     show_run_error(run, error)
     st.stop()
 
-long = populations_long(curves, ["epoch"])
-pick = legend_pick("population")
-chart = (
-    alt.Chart(long, title="Accuracy per epoch")
-    .mark_line(point=False)
-    .encode(
-        x=epoch_x(),
-        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("population:N", title=None, legend=alt.Legend(orient="bottom")),
-        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
-        tooltip=["epoch:Q", "population:N", alt.Tooltip("accuracy:Q", format=".3f")],
-    )
-    .add_params(pick)
-)
-show_chart(chart, curves, "training", run)
+show_chart(training_curves(curves), curves, "training", run)
 last = curves.iloc[-1]
 st.caption(
     f"After epoch {int(last['epoch'])}: clean {last['clean_acc']:.1%}, memorized {last['noisy_acc']:.1%} "
@@ -83,9 +69,10 @@ never = int(when["memorized_from"].isna().sum())
 last_epoch = int(curves["epoch"].max())
 hist = (
     alt.Chart(when.dropna(), title="Noisy examples by the epoch from which they stay memorized")
-    .mark_bar()
+    .mark_bar(color=COLOURS["noisy"])
     .encode(
-        x=alt.X("memorized_from:Q", title="epoch", bin=alt.Bin(step=1, extent=[0, last_epoch + 1])),
+        x=alt.X("memorized_from:Q", title="epoch", bin=alt.Bin(step=1, extent=[0, last_epoch + 1]),
+                axis=alt.Axis(format="d")),
         y=alt.Y("count():Q", title="noisy examples"),
         tooltip=[alt.Tooltip("memorized_from:Q", title="from epoch", bin=True), alt.Tooltip("count():Q", title="noisy examples")],
     )

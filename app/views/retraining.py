@@ -4,7 +4,7 @@ import altair as alt
 import streamlit as st
 
 from app.cache import page_run, require_tables
-from app.charts import epoch_x, legend_pick, populations_long, show_chart
+from app.charts import epoch_x, group_colours, legend_pick, populations_long, show_chart
 from memloc.evaluate import POPULATIONS, accuracy_column
 
 run, info = page_run()
@@ -30,20 +30,20 @@ def curves_panel():
     shown_populations = ("clean", "noisy", "test")
     long = populations_long(shown, ["group", "group_index", "epoch"], shown_populations)
     pick = legend_pick("group")
-    color = alt.Color("group:N", sort=order, title="retrained group", legend=alt.Legend(orient="bottom"),
-                      scale=alt.Scale(domain=order, range=[("#999999" if g == "none" else c) for g, c in
-                                                           zip(order, _palette(len(order)))]))
+    color = alt.Color("group:N", sort=order, title="retrained group", legend=alt.Legend(orient="bottom", labelLimit=0),
+                      scale=group_colours(order))
     chart = (
         alt.Chart(long)
-        .mark_line(point=True)
+        .mark_line(point=True, strokeWidth=2.5)
         .encode(
             x=epoch_x(title="retraining epoch (0 = after the reset)"),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=color,
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1)),
-            tooltip=["group:N", "population:N", "epoch:Q", alt.Tooltip("accuracy:Q", format=".3f")],
+            tooltip=[alt.Tooltip("group:N", title="retrained group"), "population:N", "epoch:Q",
+                     alt.Tooltip("accuracy:Q", format=".3f")],
         )
-        .properties(width=210, height=220)
+        .properties(width=280, height=300)  # three facets fill a 1600-pixel screen
         .add_params(pick)
         .facet(column=alt.Column("population:N", title=None, sort=[POPULATIONS[p] for p in shown_populations]))
         .properties(title="Accuracy while retraining one group on clean examples")
@@ -51,13 +51,8 @@ def curves_panel():
     show_chart(chart, shown, "retraining", run)
     last = shown.sort_values("epoch").groupby("group").tail(1).set_index("group").reindex(groups)
     columns = {"epoch": "last epoch", **{accuracy_column(p): POPULATIONS[p] for p in shown_populations}}
-    st.dataframe(last[list(columns)].rename(columns=columns),
+    st.dataframe(last[list(columns)].rename(columns=columns).rename_axis("retrained group"),
                  column_config={POPULATIONS[p]: st.column_config.NumberColumn(format="%.3f") for p in shown_populations})
-
-
-def _palette(n: int) -> list[str]:
-    base = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
-    return [base[i % len(base)] for i in range(n)]
 
 
 curves_panel()

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.cache import layout, live, model_in_use, opened, page_run, require_tables, run_labels
-from app.charts import accuracy_metrics, class_name, heatmap, show_chart
+from app.charts import LABELS, accuracy_metrics, class_name, fitted, heatmap, human, show_chart
 from app.url import decode_interventions, encode_interventions, url_notice
 from memloc.evaluate import POPULATIONS, accuracy_column
 from memloc.interventions import Rewind
@@ -16,8 +16,9 @@ st.title("Layer rewinding")
 st.markdown(
     "Take the trained model and put one layer group back to its weights of an earlier epoch (0 = "
     "initialization); everything else stays trained. If memorization lived in the last layers, "
-    "rewinding them would erase it. Read each heatmap row as one group: dark cells in the middle "
-    "panel mark the few groups whose rewinding makes the model forget the noisy labels it memorized."
+    "rewinding them would erase it. Read each heatmap row as one group: dark cells in the first "
+    "heatmap mark the few groups whose rewinding makes the model forget the noisy labels it memorized; "
+    "the clean and test heatmaps below say what that rewinding costs."
 )
 
 tables = require_tables(run, info, "rewinding")
@@ -27,15 +28,17 @@ if tables is not None:
         buffers = st.toggle("Rewind BatchNorm statistics with the parameters", value=True, key="rw_buffers_table")
         rw = rw[rw["include_buffers"] == buffers]
     order = rw.sort_values("group_index")["group"].drop_duplicates().tolist()
-    tip = ["group:N", "epoch:O", alt.Tooltip("clean_acc:Q", format=".3f"), alt.Tooltip("noisy_acc:Q", format=".3f"),
-           alt.Tooltip("test_acc:Q", format=".3f")]
-    cols = st.columns(3)
-    for col, population in zip(cols, ("clean", "noisy", "test")):
+    shown = ("noisy", "clean", "test")
+    tip = [alt.Tooltip("group:N", title="rewound group"), alt.Tooltip("epoch:O", title="rewound to epoch"),
+           *(alt.Tooltip(f"{accuracy_column(p)}:Q", title=LABELS[accuracy_column(p)], format=".3f") for p in shown)]
+    # One colour scale for the three, fitted to what rewinding reached: comparable heatmaps, and
+    # accuracies of 0.9-1.0 not painted as one colour.
+    domain = fitted(rw[[accuracy_column(p) for p in shown]].to_numpy())
+    for population in shown:
         value, title = accuracy_column(population), f"Accuracy: {POPULATIONS[population]}"
-        with col:
-            show_chart(heatmap(rw, "epoch", "group", value, title, y_sort=order, tooltip=tip, legend="accuracy"),
-                       rw, f"rewinding_{value}", run)
-    st.caption("x: the epoch the group is rewound to; y: the rewound group, input (top) to output.")
+        show_chart(heatmap(rw, "epoch", "group", value, title, domain=domain, dark_low=True, y_sort=order, tooltip=tip,
+                           legend="accuracy", x_title="rewound to epoch"), rw, f"rewinding_{value}", run)
+    st.caption("x: the epoch the group is rewound to (0: its initialization); y: the rewound group, input (top) to output.")
 
 st.subheader("Live: rewind groups yourself")
 st.markdown(
@@ -113,7 +116,7 @@ def live_panel():
         "p(training label) after": p_after[np.arange(len(ids)), labels["train_label"][ids]],
     })
     rows["changed"] = rows["prediction before"] != rows["prediction after"]
-    st.dataframe(rows, hide_index=True, column_config={
+    st.dataframe(human(rows), hide_index=True, column_config={
         "p(training label) before": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
         "p(training label) after": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
     })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_a_damaged_run_is_not_the_default_and_gets_a_warning_and_an_error_card(m
     assert at.title[0].value == "Overview: b-good"  # the first healthy run, though a-broken sorts first
     assert not at.exception and not at.error and not at.warning, [e.value for e in at.error]
     assert len(at.get("vega_lite_chart")) == 2  # training curves, when noisy examples were memorized
+    assert at.sidebar.selectbox[0].options == ["a-broken · damaged", "b-good · complete"]  # each run with its health
     at.sidebar.selectbox[0].select("a-broken").run()
     assert not at.exception
     assert at.warning[0].value.startswith("Run **a-broken** is damaged: `tables/training.parquet` 11 bytes")
@@ -84,3 +86,15 @@ def test_a_sweeps_points_are_runs_of_the_picker_and_names_cannot_leave_the_root(
         at.query_params["run"] = bad
         at.run()
         assert not at.exception and at.title[0].value == "Overview: grid/seed=0,noise_frac=0.1"  # the first run instead
+
+
+def test_the_run_picker_names_the_stages_a_run_lacks(monkeypatch, smoke_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run.path, root / "smoke")
+    manifest = json.loads((root / "smoke" / "manifest.json").read_text())
+    for stage in ("flip", "dropout"):  # as if the run was made without them
+        manifest["stages"].pop(stage)
+    (root / "smoke" / "manifest.json").write_text(json.dumps(manifest))
+    at = _app(monkeypatch, root).run()
+    assert not at.exception
+    assert at.sidebar.selectbox[0].options == ["smoke · lacks flip, dropout"]

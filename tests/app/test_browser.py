@@ -1,7 +1,8 @@
 """The explorer in a real browser: Debian's Chromium driven by Playwright, against a live server.
 
 Visits every page, checks each renders its heading and charts without an exception, zeroes units
-on the Neurons page and waits for the accuracy the library computes, opens the HTML scorecard of
+on the Neurons page and waits for the accuracy the library computes, walks the Story with Next at
+1600x1000 (every bar's value written on the dropout step's chart), opens `/overview` as a link and the HTML scorecard of
 `precompute report`, and saves a screenshot of every page under the test's temp directory. Skips only where Chromium or Playwright is missing.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {  # url path -> heading
     "findings": "Findings: does the paper hold here?",
+    "story": "The data, with some labels flipped",
     "overview": "Overview: smoke",
     "gradients": "Gradient accounting",
     "rewinding": "Layer rewinding",
     "retraining": "Retraining",
     "neurons": "Neurons",
+    "localizers": "Localizers",
     "examples": "Examples",
     "example": "One example",
     "dropout": "Example-tied dropout",
@@ -82,6 +86,53 @@ def _stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
+#: The Story page's steps, in order (app/views/story.py).
+STORY = ["data", "fit", "gradients", "rewinding", "retraining", "example", "dropout", "scorecard"]
+
+
+def _d3_percent(x: float) -> str:
+    """`x` as Vega's format ".0%" writes it (toFixed: halves round up, on the double's exact value)."""
+    if x != x:
+        return "n/a"
+    return f"{Decimal(x * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)}%"
+
+
+def _walk_the_story(browser, port: int, run, tmp_path: Path, expect) -> None:
+    """The Story page as a speaker shows it, on a projector's 1600x1000: Next through every step,
+    each with its number and chart; on the dropout step every bar's value is written on the chart
+    (drop mode's memorization and the n/a of train mode's test accuracy among them); then `/overview` as a link."""
+    talk = browser.new_page(viewport={"width": 1600, "height": 1000})
+    talk.goto(f"http://127.0.0.1:{port}/story?run=smoke")
+    before = ""
+    for n, step in enumerate(STORY, 1):
+        # Drawn: a new heading, and nothing left of the step before (Streamlit marks it stale).
+        talk.wait_for_function("""(before) => { const h = document.querySelector('h1');
+            return !!h && h.innerText.trim() !== before && !document.querySelector('[data-stale="true"]'); }""",
+                               arg=before, timeout=30_000)
+        before = talk.locator("h1").first.inner_text().strip()
+        expect(talk).to_have_url(re.compile(f"step={step}(&|$)"), timeout=30_000)
+        expect(talk.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=30_000)
+        expect(talk.locator("[data-testid='stMetricValue']").first).to_be_visible(timeout=30_000)
+        expect(talk.locator(".vega-embed").first).to_be_visible(timeout=30_000)
+        assert talk.locator("[data-testid='stException']").count() == 0, f"exception on story step {step}"
+        if step == "dropout":
+            table = run.read_table("dropout")
+            values = table[[accuracy_column(p) for p in POPULATIONS]].to_numpy().ravel()
+            labels = talk.locator(".vega-embed .role-mark.mark-text text")
+            expect(labels).to_have_count(len(values), timeout=15_000)
+            assert sorted(labels.all_text_contents()) == sorted(_d3_percent(float(v)) for v in values)
+            drop = _d3_percent(float(table.set_index("mode").at["drop", "noisy_acc"]))
+            expect(talk.locator("[data-testid='stMetricValue']").first).to_have_text(drop)
+        talk.screenshot(path=tmp_path / f"story_{n}_{step}.png")
+        if n < len(STORY):
+            talk.get_by_role("button", name=re.compile("Next")).click()
+    expect(talk.get_by_role("button", name=re.compile("Next"))).to_be_disabled()
+    talk.goto(f"http://127.0.0.1:{port}/overview?run=smoke")
+    expect(talk.get_by_role("heading", name="Overview: smoke", exact=True)).to_be_visible(timeout=30_000)
+    assert talk.get_by_text("Page not found").count() == 0
+    talk.close()
+
+
 def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_run, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt (playwright)")
     expect = sync_api.expect
@@ -118,6 +169,8 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
                 assert page.get_by_text("Page not found").count() == 0, f"{path} is not a page of the app"
                 page.screenshot(path=tmp_path / f"{path}.png", full_page=True)
 
+            _walk_the_story(browser, port, explorer_run, tmp_path, expect)
+
             # Neurons: clear the preselected flip set, then zero the units by hand.
             page.goto(f"http://127.0.0.1:{port}/neurons?run=smoke&example={int(row['example_id'])}")
             expect(page.get_by_role("heading", name="Live: zero units yourself")).to_be_visible(timeout=30_000)
@@ -153,3 +206,4 @@ def test_every_page_in_chromium_and_zeroing_units_changes_the_accuracy(explorer_
     finally:
         _stop(server)
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in PAGES)
+    assert all((tmp_path / f"story_{n}_{step}.png").exists() for n, step in enumerate(STORY, 1))

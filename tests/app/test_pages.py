@@ -112,7 +112,7 @@ def test_live_rewind_equals_the_library(monkeypatch, explorer_run, library):
     assert at.query_params["intervention"] == "rewind:fc1@0+rewind:out@0"
     rows = at.dataframe[0].value
     opened, model = library
-    ids = rows["example_id"].tolist()
+    ids = rows["example"].tolist()
     with intervene(model, items, checkpoint=opened.checkpoint):
         after = predict(model, opened.data.train_x[ids]).argmax(1).tolist()
     assert rows["prediction after"].astype(int).tolist() == after
@@ -136,7 +136,7 @@ def test_an_intervention_in_the_url_reopens_the_same_live_rewind(monkeypatch, ex
     assert not at.exception
     assert at.title[0].value == "Layer rewinding"
     assert at.multiselect(key="rw_groups").value == ["fc2"] and at.select_slider(key="rw_epoch").value == 1
-    assert at.dataframe[0].value["example_id"].tolist() == [3, 5]
+    assert at.dataframe[0].value["example"].tolist() == [3, 5]
     assert _metrics(at) == _shown(_evaluate(library, [Rewind("fc2", 1)]))
 
 
@@ -162,7 +162,7 @@ def test_live_zeroing_equals_the_library_and_follows_the_example(monkeypatch, ex
     at.selectbox(key="nr_example").select(int(other.split()[0])).run()
     assert at.multiselect(key="nr_units").value == [str(u) for u in flips.set_index("example_id").at[int(other.split()[0]), "units"]]
     unit = at.selectbox(key="nr_unit").value
-    users = at.dataframe[0].value["example_id"].tolist()
+    users = at.dataframe[0].value["example"].tolist()
     assert users == [i for i, us in zip(flips["example_id"], flips["units"]) if unit in list(us)]
 
 
@@ -184,32 +184,194 @@ def test_gallery_filters_and_pages(monkeypatch, explorer_run):
     assert first == 24
 
 
-def test_example_page_with_attributions_before_and_after_zeroing(monkeypatch, explorer_run, library):
+def _all_chart_data(chart) -> pd.DataFrame:
+    """The rows of every dataset of a chart (a concatenation of charts has one per part)."""
+    return pd.concat([pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.proto.datasets], ignore_index=True)
+
+
+def test_example_page_opens_before_and_zeroes_its_flip_set(monkeypatch, explorer_run, library):
     flips = explorer_run.read_table("flipping")
-    row = flips[flips["kind"] == "noisy"].iloc[0]
-    example, units = int(row["example_id"]), tuple(str(u) for u in row["units"])
+    row = flips[(flips["kind"] == "noisy") & flips["flipped"]].iloc[0]
+    example, units = int(row["example_id"]), [str(u) for u in row["units"]]
     labels = explorer_run.read_labels()
     at = _app(monkeypatch, explorer_run.path.parent, page="example", example=str(example)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="ex_id").value == example
     opened, model = library
     x = opened.data.train_x[[example]]
-    probs = _chart_data(at.get("vega_lite_chart")[0])["probability"].to_numpy()
-    np.testing.assert_allclose(probs, torch.softmax(predict(model, x), 1)[0].numpy(), rtol=1e-5)
-    assert set(at.selectbox(key="ex_method").options) == set(attribution.methods_for(model))
-    shown = _chart_data(at.get("vega_lite_chart")[-1])
-    assert len(shown.groupby(["target", "model"])) == 4  # training / true label x before / after zeroing
-    after_true = shown[shown["target"].str.startswith("true label") & shown["model"].str.startswith("flip set zeroed")]
-    with intervene(model, [ZeroUnits(units)]):
-        expected = attribution.attribute(model, "IntegratedGradients", x, int(labels["true_label"][example]))[0].sum(0)
-    np.testing.assert_allclose(after_true.sort_values(["y", "x"])["attribution"].to_numpy(), expected.numpy().ravel(), rtol=1e-4, atol=1e-6)
+    p_before = torch.softmax(predict(model, x), 1)[0].numpy()
+    # Opens on the model as trained: nothing zeroed, Reset disabled, only "before" shown.
+    assert at.multiselect(key="ex_units").value == [] and at.button(key="ex_reset").disabled
+    shown = _chart_data(at.get("vega_lite_chart")[0])
+    assert set(shown["model"]) == {"before: trained model"}
+    np.testing.assert_allclose(shown["probability"].to_numpy(), p_before, rtol=1e-5)
+    assert _metrics(at) == _shown(_evaluate(library, []))
+    assert set(_chart_data(at.get("vega_lite_chart")[-1])["model"]) == {"before: trained model"}
+    assert "From the flip stage" in " ".join(c.value for c in at.caption)
+
+    at.button(key="ex_zero").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="ex_units").value == units and not at.button(key="ex_reset").disabled
+    items = [ZeroUnits(tuple(units))]
+    with intervene(model, items):
+        p_after = torch.softmax(predict(model, x), 1)[0].numpy()
+    after = f"after: {len(units)} units zeroed"
+    chart = at.get("vega_lite_chart")[0]
+    shown = _chart_data(chart)
+    np.testing.assert_allclose(shown.loc[shown["model"] == "before: trained model", "probability"], p_before, rtol=1e-5)
+    np.testing.assert_allclose(shown.loc[shown["model"] == after, "probability"], p_after, rtol=1e-5)
+    layers = json.loads(chart.proto.spec)["layer"]  # grouped bars, each with its value written on it
+    assert [layer["mark"]["type"] for layer in layers] == ["bar", "text"] and layers[1]["encoding"]["text"]["field"] == "bar_label"
+    assert _metrics(at) == _shown(_evaluate(library, items))
+
+    maps = at.get("vega_lite_chart")[-1]
+    shown = _all_chart_data(maps)
+    assert set(shown["model"]) == {"before: trained model", after, "after − before"}
+    true_label = int(labels["true_label"][example])
+    with intervene(model, items):
+        expected_after = attribution.attribute(model, "IntegratedGradients", x, true_label)[0].sum(0)
+    expected_before = attribution.attribute(model, "IntegratedGradients", x, true_label)[0].sum(0)
+    true_rows = shown[shown["target"].str.startswith("true label")]
+    for state, expected in [(after, expected_after), ("after − before", expected_after - expected_before)]:
+        one = true_rows[true_rows["model"] == state].sort_values(["y", "x"])["attribution"].to_numpy()
+        np.testing.assert_allclose(one, expected.numpy().ravel(), rtol=1e-4, atol=1e-6)
+    # The difference has its own colour scale: centred on 0, ascending (high end on top of the colour bar).
+    scales = [part["spec"]["encoding"]["color"]["scale"] for part in json.loads(maps.proto.spec)["hconcat"]]
+    difference = np.abs(shown.loc[shown["model"] == "after − before", "attribution"]).max()
+    assert scales[1]["domain"] == pytest.approx([-difference, difference]) and scales[1]["reverse"] is True
+
+    at.button(key="ex_reset").click().run()
+    assert at.multiselect(key="ex_units").value == []
+    assert set(_chart_data(at.get("vega_lite_chart")[0])["model"]) == {"before: trained model"}
     at.selectbox(key="ex_method").set_value("LayerConductance").run()
     assert not at.exception
     assert at.selectbox(key="ex_layer").options == list(model.unit_layers)
     assert "unit" in _chart_data(at.get("vega_lite_chart")[-1]).columns
     at.number_input(key="ex_id").set_value(example + 1).run()
     assert at.query_params["example"] == str(example + 1)
-    assert at.markdown[1].value.startswith(f"**{'Noisy' if labels['is_noisy'][example + 1] else 'Clean'} example #{example + 1}**")
+    assert any(m.value.startswith(f"**{'Noisy' if labels['is_noisy'][example + 1] else 'Clean'} example #{example + 1}**")
+               for m in at.markdown)
+
+
+def test_an_example_without_a_flip_set_gets_one_computed_live(monkeypatch, explorer_run, library):
+    from memloc.flipping import flip_examples
+    from memloc.interventions import UnitIndex
+
+    opened, model = library
+    targets = set(explorer_run.read_table("flipping")["example_id"])
+    fitted = (predict(model, opened.data.train_x).argmax(1) == opened.labels.train_labels).numpy()
+    candidates = [i for i in np.flatnonzero(fitted) if i not in targets]
+    example = next((i for i in candidates if opened.labels.is_noisy[i]), candidates[0])  # a memorized one if any
+    result = flip_examples(model, opened.data.train_x, opened.labels.train_labels, [example], opened.config.flip)[0]
+    units = UnitIndex(model).names(result.units)
+    at = _app(monkeypatch, explorer_run.path.parent, page="example", example=str(example)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Computed live now" in " ".join(c.value for c in at.caption)
+    assert at.multiselect(key="ex_units").value == []  # computed, but not applied until asked
+    assert at.button(key="ex_zero").label == f"Zero its flip set ({len(units)} units)"
+    at.button(key="ex_zero").click().run()
+    assert at.multiselect(key="ex_units").value == units
+    with intervene(model, [ZeroUnits(tuple(units))]):
+        expected = torch.softmax(predict(model, opened.data.train_x[[example]]), 1)[0].numpy()
+    shown = _chart_data(at.get("vega_lite_chart")[0])
+    np.testing.assert_allclose(shown.loc[shown["model"] == f"after: {len(units)} units zeroed", "probability"], expected, rtol=1e-5)
+    assert int(expected.argmax()) == result.new_prediction
+
+
+@pytest.mark.parametrize("sel, kept, notice", [
+    ("3,5, 9", [3, 5, 9], None),
+    ("3;x;99999;3;-1", [3], "`sel=3;x;99999;3;-1`: `x`, `99999`, `-1` are not training example ids of this run (0-399"),
+])
+def test_the_selection_comes_from_the_link_and_is_carried_across_pages(monkeypatch, explorer_run, sel, kept, notice):
+    at = _app(monkeypatch, explorer_run.path.parent, page="examples", sel=sel).run()
+    assert not at.exception, [e.value for e in at.exception]
+    notices = [box.value for box in at.info if "From the link" in box.value]
+    assert (any(notice in text for text in notices) if notice else not notices), notices
+    assert at.text_input(key="sel_text").value == ", ".join(map(str, kept))
+    assert at.query_params["sel"] == ",".join(map(str, kept))
+    assert f"Selection: **{len(kept)}** example" in " ".join(c.value for c in at.sidebar.caption)
+    assert [box.key for box in at.checkbox if box.key.startswith("gal_pick_") and box.value] == [f"gal_pick_{i}" for i in kept]
+    at.switch_page("views/example.py").run()
+    assert not at.exception
+    assert at.text_input(key="sel_text").value == ", ".join(map(str, kept)) and at.query_params["sel"] == ",".join(map(str, kept))
+
+
+def test_the_selection_is_picked_pasted_and_exported_filtered(monkeypatch, explorer_run):
+    import io
+    import zipfile
+
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    served: dict[str, bytes] = {}
+    load = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, data, mimetype, kind, filename=None):  # what a download button serves
+        served[filename] = data
+        return load(self, data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    at = _page(monkeypatch, explorer_run, "examples")
+    assert "sel" not in at.query_params and at.button(key="sel_clear").disabled
+    at.checkbox(key="gal_pick_2").check().run()
+    assert at.query_params["sel"] == "2" and at.text_input(key="sel_text").value == "2"
+    at.text_input(key="sel_text").input("7 12, 5 abc").run()
+    assert not at.exception
+    assert at.query_params["sel"] == "7,12,5" and not at.checkbox(key="gal_pick_2").value
+    assert "From the field: `abc` is not a training example id" in at.warning[-1].value
+    ids = [7, 12, 5]
+    archive = zipfile.ZipFile(io.BytesIO(served["smoke_selection.zip"]))
+    written = {name.split("/")[-1][: -len(".csv")]: pd.read_csv(archive.open(name)) for name in archive.namelist()}
+    per_example = [t for t in explorer_run.tables() if "example_id" in explorer_run.read_table(t).columns]
+    assert set(written) == {"labels", *per_example} and len(per_example) >= 5
+    for name in per_example:
+        expected = explorer_run.read_table(name)
+        expected = expected[expected["example_id"].isin(ids)]
+        assert sorted(written[name]["example_id"]) == sorted(expected["example_id"])
+    assert written["example_training"]["example_id"].value_counts().to_dict() == {i: 3 for i in ids}  # 3 epochs each
+    assert written["labels"]["example_id"].tolist() == ids
+    assert written["labels"]["train_label"].tolist() == explorer_run.read_labels()["train_label"][ids].tolist()
+    at.checkbox(key="gal_only_selected").check().run()
+    assert [int(link.proto.label.split()[0][1:]) for link in at.get("page_link")] == sorted(ids)
+    at.button(key="sel_clear").click().run()
+    assert "sel" not in at.query_params and at.text_input(key="sel_text").value == ""
+    assert len(at.get("page_link")) == 24  # "only the selection" goes off with the selection
+
+
+def test_gallery_sorts_by_memorization_epoch_and_by_flip_set_size(monkeypatch, explorer_run):
+    from memloc.train import memorized_from
+
+    labels = explorer_run.read_labels()
+    at = _page(monkeypatch, explorer_run, "examples")
+    at.selectbox(key="gal_order").set_value("memorized").run()
+    shown = [int(link.proto.label.split()[0][1:]) for link in at.get("page_link")]
+    when = memorized_from(explorer_run.read_table("example_training"), labels["is_noisy"]).dropna()
+    order = when.sort_values(["memorized_from", "example_id"], kind="stable")["example_id"].tolist()
+    assert len(order) > 1 and shown[: len(order)] == order[:24]  # the examples without a value come after them
+    flips = explorer_run.read_table("flipping")
+    flipped = flips[flips["flipped"]].sort_values(["n_units", "example_id"], kind="stable")
+    at.selectbox(key="gal_order").set_value("flip").run()
+    shown = [int(link.proto.label.split()[0][1:]) for link in at.get("page_link")]
+    assert len(flipped) > 1 and shown[: len(flipped)] == flipped["example_id"].tolist()[:24]
+    assert f"flip set {int(flipped['n_units'].iloc[0])} units" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("page, file", [
+    ("examples", "tables/example_training.parquet"), ("examples", "tables/flipping.parquet"), ("examples", "labels.npz"),
+    ("example", "tables/example_training.parquet"), ("example", "tables/example_gradients.parquet"),
+    ("example", "tables/rewinding_examples.parquet"), ("example", "tables/flipping.parquet"), ("example", "labels.npz"),
+    ("example", "tables/localizer_units.parquet"),
+])
+def test_a_truncated_file_gives_the_error_card_on_the_example_pages(monkeypatch, explorer_run, tmp_path, page, file):
+    root = tmp_path / "runs"
+    shutil.copytree(explorer_run.path, root / "smoke")
+    path = root / "smoke" / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    noisy = int(np.flatnonzero(explorer_run.read_labels()["is_noisy"])[0])  # rewinding_examples tracks noisy ones
+    at = _app(monkeypatch, root, page=page, example=str(noisy)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    cards = [e.value for e in at.error]
+    assert len(cards) == 1 and cards[0].startswith("Run **smoke** cannot be shown") and path.name in cards[0], cards
+    assert at.title  # the page itself is there
 
 
 def test_dropout_page_counts_survivors(monkeypatch, explorer_run):
@@ -287,7 +449,7 @@ def test_example_page_for_the_dropout_model(monkeypatch, explorer_run, mode):
     with dropout_mode(model, mode):
         expected = torch.softmax(predict(model, opened.data.train_x[[example]]), 1)[0].numpy()
     np.testing.assert_allclose(_chart_data(at.get("vega_lite_chart")[0])["probability"].to_numpy(), expected, rtol=1e-5)
-    assert "dropout model" in at.markdown[1].value
+    assert any("dropout model" in m.value for m in at.markdown)
 
 
 def test_compare_page_shows_the_sweeps_summary_and_follows_the_chosen_number(monkeypatch, explorer_run):
@@ -372,10 +534,10 @@ def test_findings_of_a_run_lacking_stages_says_not_measured_and_the_command(monk
     root = tmp_path / "runs"
     shutil.copytree(smoke_run.path, root / "smoke")
     manifest = json.loads((root / "smoke" / "manifest.json").read_text())
-    for stage in ("flip", "dropout"):
+    for stage in ("flip", "dropout", "localize"):  # localize needs the dropout model
         manifest["stages"].pop(stage)
     manifest["config"]["stages"] = ["train", "example_gradients", "rewind", "retrain"]
-    for name in [f for f in manifest["files"] if "flip" in f or "dropout" in f]:
+    for name in [f for f in manifest["files"] if "flip" in f or "dropout" in f or "localizer" in f]:
         del manifest["files"][name]  # as if the run had been made without those stages
     (root / "smoke" / "manifest.json").write_text(json.dumps(manifest))
     at = _app(monkeypatch, root).run()
@@ -383,7 +545,8 @@ def test_findings_of_a_run_lacking_stages_says_not_measured_and_the_command(monk
     assert {m.label: m.value for m in at.metric}["not measured"] == "4 of 9"
     assert not [r for r in at.radio if r.key == "findings_of"]  # no sweep under the root: nothing to choose
     assert "`flip`, `dropout`" in at.info[0].value
-    assert at.code[0].value == f"python -m precompute run --preset smoke --out {root / 'smoke'}"
+    stages = '["train", "example_gradients", "rewind", "retrain", "flip", "dropout"]'  # what the claims need, not localize
+    assert at.code[0].value == f"python -m precompute run --preset smoke --set 'stages={stages}' --out {root / 'smoke'}"
 
 
 @pytest.mark.parametrize("page, params, notice", [
@@ -407,3 +570,49 @@ def test_a_link_value_that_is_not_used_says_so(monkeypatch, explorer_run, page, 
 def test_a_valid_link_gives_no_notice(monkeypatch, explorer_run):
     at = _app(monkeypatch, explorer_run.path.parent, page="rewinding", run="smoke", intervention="rewind:fc2@1", example="3, 5").run()
     assert not at.exception and not [box.value for box in at.info if "From the link" in box.value]
+
+
+def _encodings(spec):
+    """Every encoding channel of a chart's spec, through layers, facets and concatenations."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key == "encoding":
+                for channel in value.values():
+                    yield from channel if isinstance(channel, list) else [channel]
+            else:
+                yield from _encodings(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _encodings(item)
+
+
+def _colours(chart, field: str) -> dict[str, str]:
+    """The colour of each value of `field` in a chart (its colour scale's domain and range)."""
+    scale = next(e["scale"] for e in _encodings(json.loads(chart.proto.spec)) if e.get("field") == field and "scale" in e)
+    return dict(zip(scale["domain"], scale["range"]))
+
+
+def test_clean_noisy_and_test_keep_their_colours_on_every_page(monkeypatch, explorer_run):
+    from app.charts import BLUE, GREEN, PURPLE, VERMILLION
+
+    overview = _page(monkeypatch, explorer_run, "overview")
+    assert _colours(overview.get("vega_lite_chart")[0], "population") == {
+        POPULATIONS["clean"]: BLUE, POPULATIONS["noisy"]: VERMILLION, POPULATIONS["noisy_true"]: GREEN, POPULATIONS["test"]: PURPLE}
+    gradients = _page(monkeypatch, explorer_run, "gradients")
+    assert _colours(gradients.get("vega_lite_chart")[0], "part") == {"clean examples": BLUE, "noisy examples": VERMILLION}
+    neurons = _page(monkeypatch, explorer_run, "neurons")
+    assert _colours(neurons.get("vega_lite_chart")[0], "kind") == {"clean": BLUE, "noisy": VERMILLION}
+
+
+@pytest.mark.parametrize("page", ["gradients", "rewinding", "retraining", "neurons"])
+def test_no_raw_column_name_reaches_a_table_an_axis_or_a_legend(monkeypatch, explorer_run, page):
+    from app.charts import LABELS
+
+    raw = {column for column, label in LABELS.items() if column != label}  # noisy_share, clean_acc, example_id, ...
+    at = _page(monkeypatch, explorer_run, page)
+    assert at.get("vega_lite_chart")
+    for frame in at.dataframe:
+        assert not raw & set(map(str, frame.value.columns)), list(frame.value.columns)
+    for chart in at.get("vega_lite_chart"):
+        untitled = [e["field"] for e in _encodings(json.loads(chart.proto.spec)) if e.get("field") in raw and "title" not in e]
+        assert not untitled, untitled
