@@ -98,7 +98,7 @@ METHOD_NAMES = {"greedy": "Greedy flipping", "zero_out": "Zero-out", "activation
 BENCHMARKS = ("dropout", "injection", "deletion")
 
 # Streams of the seeded generators (`memloc.flipping.seeded_generator`), one per kind of draw.
-_TARGETS, _INJECT_UNITS, _INJECT_LABEL, _VIEWS, _OTHERS, _GATES, _RANDOM, _EVAL = 10, 11, 12, 13, 14, 15, 16, 17
+_INJECT_UNITS, _INJECT_LABEL, _VIEWS, _OTHERS, _GATES, _RANDOM, _EVAL = 11, 12, 13, 14, 15, 16, 17
 # HardConcrete's stretch interval (gamma, zeta) (Louizos et al. 2018).
 _GAMMA, _ZETA = -0.1, 1.1
 
@@ -660,15 +660,6 @@ def _collateral_set(train_x, train_labels, is_noisy, memorized, test_x, test_lab
         "clean": (train_x[clean.to(device)], train_labels[clean.to(device)], clean.to(device)),
         "test": (test_x[test.to(device)], test_labels[test.to(device)], torch.full((len(test),), -1, device=device)),
     }
-
-
-def choose(candidates: torch.Tensor, n: int, seed: int, benchmark: str) -> list[int]:
-    """A benchmark's targets: `n` of the candidate examples (N,) bool (-1 = all), seeded, in id order."""
-    ids = torch.nonzero(candidates.cpu()).flatten()
-    if 0 <= n < len(ids):
-        g = seeded_generator(seed, BENCHMARKS.index(benchmark), _TARGETS)
-        ids = ids[torch.randperm(len(ids), generator=g)[:n]].sort().values
-    return ids.tolist()
 
 
 def table(rows: list[dict]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from memloc import localization as loc
 from memloc.dropout import predict_mode
 from memloc.evaluate import predict
+from memloc.flipping import select_targets
 from memloc.store import RunError
 from precompute.stage import Resumable, StageContext, concat
 
@@ -30,16 +31,16 @@ TABLES = ("localizers", "localizer_units")
 
 
 def targets(ctx: StageContext, benchmark: str, plain_pred: torch.Tensor, dropout_model: torch.nn.Module | None) -> list[int]:
+    """A benchmark's targets, chosen as the flip stage chooses (`memloc.flipping.select_targets`,
+    seeded with `localize.seed`): memorized noisy examples of the dropout model in its mode
+    `train` (dropout) or of the plain model (deletion), correctly predicted clean ones (injection)."""
     settings, labels = ctx.config.localize, ctx.labels
+    pred = plain_pred
     if benchmark == "dropout":
         ids = torch.arange(ctx.data.num_train, device=ctx.device)
         pred = predict_mode(dropout_model, ctx.data.train_x, "train", ctx.config.train.eval_batch_size, ids).argmax(1)
-        candidates = labels.is_noisy & (pred == labels.train_labels)
-    elif benchmark == "injection":
-        candidates = ~labels.is_noisy & (plain_pred == labels.train_labels)
-    else:
-        candidates = labels.is_noisy & (plain_pred == labels.train_labels)
-    return loc.choose(candidates, settings.n_targets, settings.seed, benchmark)
+    n_noisy, n_clean = (0, settings.n_targets) if benchmark == "injection" else (settings.n_targets, 0)
+    return select_targets(pred, labels.train_labels, labels.is_noisy, n_noisy, n_clean, settings.seed)
 
 
 def localize_stage(ctx: StageContext) -> dict[str, Any]:

@@ -205,15 +205,20 @@ def show_rewinding(run: Run, info: dict, tables: dict) -> None:
                       delta=f"{points(after['noisy_acc'], before['noisy_acc'])}: {group} rewound" if items else None,
                       help="computed now on the run's final model (test accuracy "
                            f"{pct(before['test_acc'])} before, {pct(after['test_acc'])} now)")
-    if items:
-        number.button("Restore the trained model", key="story_restore", icon=":material/undo:",
-                      on_click=lambda: st.session_state.update(story_rewound=False))
-    else:
-        number.button(f"Rewind {group} now", key="story_rewind", type="primary", icon=":material/history:",
-                      on_click=lambda: st.session_state.update(story_rewound=True))
+    live_button(number, "story_rewound", bool(items), (f"Rewind {group} now", "story_rewind", ":material/history:"),
+                ("Restore the trained model", "story_restore"))
     chart(group_bars(rewound, ("nothing rewound", memorized), [group], "the group the button rewinds",
                      f"Flipped labels still memorized after rewinding one layer group to {'initialization' if epoch == 0 else f'epoch {epoch}'}",
                      "flipped labels memorized"))
+
+
+def live_button(where, state: str, edited: bool, edit: tuple[str, str, str], restore: tuple[str, str]) -> None:
+    """A live step's one button in `where`: make the edit (label, key, icon) or, once made,
+    restore the trained model (label, key); whether it is made is session state `state`."""
+    if edited:
+        where.button(restore[0], key=restore[1], icon=":material/undo:", on_click=lambda: st.session_state.update({state: False}))
+    else:
+        where.button(edit[0], key=edit[1], type="primary", icon=edit[2], on_click=lambda: st.session_state.update({state: True}))
 
 
 def show_retraining(run: Run, info: dict, tables: dict) -> None:
@@ -283,12 +288,8 @@ def show_example(run: Run, info: dict, tables: dict) -> None:
         color=alt.Color("label:N", title=None, sort=None, legend=alt.Legend(orient="bottom"), scale=alt.Scale(range=[NOISY, TRUE])))
     left, right = st.columns([3, 2], gap="large")
     with left:
-        if zeroed:
-            st.button("Restore the units", key="story_unzero", icon=":material/undo:",
-                      on_click=lambda: st.session_state.update(story_zeroed=False))
-        else:
-            st.button(f"Switch off its {len(units)} units", key="story_zero", type="primary", icon=":material/power_off:",
-                      on_click=lambda: st.session_state.update(story_zeroed=True))
+        live_button(st, "story_zeroed", zeroed, (f"Switch off its {len(units)} units", "story_zero", ":material/power_off:"),
+                    ("Restore the units", "story_unzero"))
         chart(alt.layer(bars, bar_labels(base, "probability", size=18)), height=330)
     with right:
         methods = method_names(run)
